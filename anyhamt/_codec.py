@@ -1,0 +1,396 @@
+"""Ids, CIDs and the HAMT node codec: the hot path.
+
+Parsing or building a ``multiformats.CID`` costs ~100 µs, and the general ``dag_cbor`` codec
+spends ~48 ms on a node holding 300 CIDs (DESIGN.md §4). Inside anyhamt a CID is therefore a
+``Link``: the binary CIDv1 as an immutable ``bytes`` subclass, hashed and compared at C speed.
+``multiformats.CID`` appears only at the public boundary (``to_public``/``from_public``).
+
+Node wire format (identical to py-hamt's): a dag-cbor array of exactly 256 slots. A slot is
+an empty map (nothing), a map ``{key: pointer}`` (a bucket, keys in dag-cbor's canonical
+length-first order) or a one-element array ``[pointer]`` (a link to a child node). A pointer
+is a CID (tag 42) for CID-addressed stores, or a byte string for ``InMemoryCAS``. In memory a
+node is a 256-element list with ``None``, a ``dict`` or a one-element ``list`` in each slot.
+
+The codec below reads and writes exactly that grammar with byte-level code; anything outside
+it (a custom store whose ids are strings or integers, say) goes through ``dag_cbor``.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import re
+from typing import TYPE_CHECKING, Any, Final
+
+import dag_cbor
+from blake3 import blake3
+from multiformats import CID
+
+from ._errors import (
+    BlockVerificationError,
+    CorruptNodeError,
+    InvalidConfigError,
+    InvalidIdError,
+)
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+
+__all__ = [
+    "BLAKE3",
+    "DAG_CBOR",
+    "DAG_PB",
+    "EMPTY_NODE_BYTES",
+    "RAW",
+    "Link",
+    "Pointer",
+    "codec_code",
+    "decode_node",
+    "empty_slots",
+    "encode_node",
+    "from_public",
+    "make_link",
+    "to_public",
+    "verify_block",
+]
+
+RAW: Final = 0x55
+DAG_CBOR: Final = 0x71
+DAG_PB: Final = 0x70
+BLAKE3: Final = 0x1E
+_SHA2_256: Final = 0x12
+_IDENTITY: Final = 0x00
+_CODEC_CODES: Final = {"raw": RAW, "dag-cbor": DAG_CBOR, "dag-pb": DAG_PB}
+
+# A pointer is whatever id a store hands out: a Link, bytes (InMemoryCAS) or, for a custom
+# store, any other immutable IPLD value.
+type Pointer = Any
+
+
+class Link(bytes):
+    """A CIDv1 in binary form (version, codec, multihash).
+
+    Behaves as the bytes it is; ``str()`` gives the usual base32 text form. Convert to a
+    ``multiformats.CID`` with ``to_cid()`` only at the edge of the library.
+    """
+
+    __slots__ = ()
+
+    @property
+    def codec(self) -> int:
+        code, _ = _read_varint(self, 1)
+        return code
+
+    def multihash(self) -> tuple[int, bytes]:
+        """The multihash function code and digest."""
+        _, pos = _read_varint(self, 1)
+        fn, pos = _read_varint(self, pos)
+        size, pos = _read_varint(self, pos)
+        return fn, bytes(self[pos : pos + size])
+
+    def to_cid(self) -> CID:
+        return CID.decode(bytes(self))
+
+    def __str__(self) -> str:
+        return "b" + base64.b32encode(self).decode("ascii").rstrip("=").lower()
+
+    def __repr__(self) -> str:
+        return f"Link({self})"
+
+    @classmethod
+    def parse(cls, text: str) -> Link:
+        """Parse a CIDv1 in base32 (``b…``) text form; other forms go through multiformats."""
+        if text.startswith("b") and text[1:].isalnum() and text == text.lower():
+            body = text[1:].upper()
+            try:
+                raw = base64.b32decode(body + "=" * (-len(body) % 8))
+            except ValueError as exc:
+                raise InvalidIdError(f"{text!r} is not a valid base32 CID") from exc
+            if raw[:1] == b"\x01":
+                return cls(raw)
+        try:
+            cid = CID.decode(text)
+        except Exception as exc:
+            raise InvalidIdError(f"{text!r} is not a CID: {exc}") from exc
+        return cls(bytes(cid.set(version=1)))
+
+
+def codec_code(codec: str) -> int:
+    try:
+        return _CODEC_CODES[codec]
+    except KeyError:
+        raise InvalidConfigError(
+            f"unknown codec {codec!r}: use one of {sorted(_CODEC_CODES)}"
+        ) from None
+
+
+_PREFIXES: Final = {code: bytes([0x01, code, BLAKE3, 32]) for code in (RAW, DAG_CBOR)}
+
+
+def make_link(codec: int, data: bytes) -> Link:
+    """The CIDv1 (blake3, 32 bytes) that Kubo gives ``data`` saved with ``codec``."""
+    prefix = _PREFIXES.get(codec)
+    if prefix is None:
+        prefix = bytes([0x01, *_varint(codec), BLAKE3, 32])
+    return Link(prefix + blake3(data).digest())
+
+
+def verify_block(link: Link, data: bytes) -> None:
+    """Raise ``BlockVerificationError`` unless ``data`` hashes to ``link``'s multihash."""
+    fn, digest = link.multihash()
+    if fn == BLAKE3:
+        actual = blake3(data).digest(length=len(digest))
+    elif fn == _SHA2_256:
+        actual = hashlib.sha256(data).digest()
+    elif fn == _IDENTITY:
+        actual = data
+    else:
+        raise BlockVerificationError(
+            f"cannot verify {link}: multihash function 0x{fn:x} is not supported "
+            "(blake3, sha2-256 and identity are)"
+        )
+    if actual != digest:
+        raise BlockVerificationError(
+            f"block for {link} does not match its CID ({len(data)} bytes received); "
+            "the store or gateway returned wrong data"
+        )
+
+
+def to_public(ptr: Pointer) -> Any:
+    """A pointer as users see it: ``Link`` becomes ``multiformats.CID``."""
+    if type(ptr) is Link:
+        return ptr.to_cid()
+    return ptr
+
+
+def from_public(value: Any) -> Pointer:
+    """A user-supplied or store-returned id in internal form."""
+    if isinstance(value, CID):
+        if value.version != 1:
+            value = value.set(version=1)
+        return Link(bytes(value))
+    if isinstance(value, Link):
+        return value
+    return value
+
+
+# ---------------------------------------------------------------------------------------
+# CBOR heads
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _head(major: int, n: int) -> bytes:
+    base = major << 5
+    if n < 24:
+        return bytes((base | n,))
+    if n < 0x100:
+        return bytes((base | 24, n))
+    if n < 0x10000:
+        return bytes((base | 25,)) + n.to_bytes(2, "big")
+    if n < 0x100000000:
+        return bytes((base | 26,)) + n.to_bytes(4, "big")
+    return bytes((base | 27,)) + n.to_bytes(8, "big")
+
+
+# Heads for short byte/text strings and small maps, precomputed.
+_BYTES_HEAD: Final = [_head(2, n) for n in range(256)]
+_TEXT_HEAD: Final = [_head(3, n) for n in range(256)]
+_MAP_HEAD: Final = [_head(5, n) for n in range(256)]
+_NODE_HEAD: Final = _head(4, 256)
+_EMPTY_SLOT: Final = b"\xa0"
+_LINK_HEAD: Final = b"\x81"
+_CID_TAG: Final = b"\xd8\x2a"
+
+EMPTY_NODE_BYTES: Final = _NODE_HEAD + _EMPTY_SLOT * 256
+
+
+def empty_slots() -> list[Any]:
+    return [None] * 256
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+
+
+def _encode_pointer(ptr: Pointer) -> bytes:
+    kind = type(ptr)
+    if kind is Link:
+        n = len(ptr) + 1
+        head = _BYTES_HEAD[n] if n < 256 else _head(2, n)
+        return _CID_TAG + head + b"\x00" + ptr
+    if kind is bytes:
+        n = len(ptr)
+        return (_BYTES_HEAD[n] if n < 256 else _head(2, n)) + ptr
+    # A custom store's id: let the general codec (and its validation) handle it.
+    return bytes(dag_cbor.encode(to_public(ptr)))
+
+
+def _sort_key(item: tuple[bytes, Pointer]) -> tuple[int, bytes]:
+    return len(item[0]), item[0]
+
+
+def _encode_bucket(bucket: dict[str, Pointer]) -> bytes:
+    entries = [(key.encode("utf-8"), ptr) for key, ptr in bucket.items()]
+    if len(entries) > 1:
+        entries.sort(key=_sort_key)
+    n = len(entries)
+    parts = [_MAP_HEAD[n] if n < 256 else _head(5, n)]
+    for kb, ptr in entries:
+        kn = len(kb)
+        parts.append(_TEXT_HEAD[kn] if kn < 256 else _head(3, kn))
+        parts.append(kb)
+        parts.append(_encode_pointer(ptr))
+    return b"".join(parts)
+
+
+def encode_node(slots: Sequence[Any]) -> bytes:
+    """Encode 256 slots (``None`` | bucket ``dict`` | ``[pointer]``) as canonical dag-cbor."""
+    parts = [_NODE_HEAD]
+    append = parts.append
+    for slot in slots:
+        if slot is None:
+            append(_EMPTY_SLOT)
+        elif type(slot) is dict:
+            append(_encode_bucket(slot) if slot else _EMPTY_SLOT)
+        else:
+            append(_LINK_HEAD + _encode_pointer(slot[0]))
+    return b"".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+_EMPTY_RUN: Final = re.compile(rb"\xa0*")
+
+
+class _NotFastPath(Exception):
+    """The node uses CBOR outside the grammar the fast decoder knows."""
+
+
+def _read_len(data: bytes, pos: int, info: int) -> tuple[int, int]:
+    if info < 24:
+        return info, pos
+    if info == 24:
+        return data[pos], pos + 1
+    if info == 25:
+        return int.from_bytes(data[pos : pos + 2], "big"), pos + 2
+    if info == 26:
+        return int.from_bytes(data[pos : pos + 4], "big"), pos + 4
+    raise _NotFastPath
+
+
+def _decode_pointer(data: bytes, pos: int) -> tuple[Pointer, int]:
+    first = data[pos]
+    if first == 0xD8 and data[pos + 1] == 0x2A:
+        head = data[pos + 2]
+        if head >> 5 != 2:
+            raise CorruptNodeError("a CID tag that does not wrap a byte string")
+        n, p = _read_len(data, pos + 3, head & 0x1F)
+        if n < 2 or data[p] != 0:
+            raise CorruptNodeError("a CID without its 0x00 multibase prefix")
+        end = p + n
+        if end > len(data):
+            raise CorruptNodeError("node bytes end inside a CID")
+        return Link(data[p + 1 : end]), end
+    if first >> 5 == 2:
+        n, p = _read_len(data, pos + 1, first & 0x1F)
+        end = p + n
+        if end > len(data):
+            raise CorruptNodeError("node bytes end inside a byte string")
+        return data[p:end], end
+    raise _NotFastPath
+
+
+def _decode_fast(data: bytes) -> list[Any]:
+    if not data.startswith(_NODE_HEAD):
+        raise _NotFastPath
+    slots: list[Any] = []
+    append = slots.append
+    skip = _EMPTY_RUN.match
+    pos = 3
+    size = len(data)
+    while len(slots) < 256:
+        run = skip(data, pos).end() - pos  # type: ignore[union-attr]
+        if run:
+            run = min(run, 256 - len(slots))
+            slots.extend([None] * run)
+            pos += run
+            continue
+        if pos >= size:
+            raise CorruptNodeError(f"node ends after {len(slots)} of 256 slots")
+        first = data[pos]
+        major = first >> 5
+        if major == 5:  # bucket
+            n, pos = _read_len(data, pos + 1, first & 0x1F)
+            bucket: dict[str, Pointer] = {}
+            for _ in range(n):
+                khead = data[pos]
+                if khead >> 5 != 3:
+                    raise _NotFastPath
+                kn, pos = _read_len(data, pos + 1, khead & 0x1F)
+                key = data[pos : pos + kn].decode("utf-8")
+                pos += kn
+                bucket[key], pos = _decode_pointer(data, pos)
+            if len(bucket) != n:
+                raise CorruptNodeError("a bucket repeats a key")
+            append(bucket)
+        elif first == 0x81:  # link
+            ptr, pos = _decode_pointer(data, pos + 1)
+            append([ptr])
+        else:
+            raise CorruptNodeError(
+                f"slot {len(slots)} is neither a bucket nor a link (CBOR byte 0x{first:02x})"
+            )
+    if pos != size:
+        raise CorruptNodeError(f"{size - pos} trailing bytes after the 256 slots")
+    return slots
+
+
+def _decode_general(data: bytes) -> list[Any]:
+    try:
+        decoded = dag_cbor.decode(data)
+    except Exception as exc:
+        raise CorruptNodeError(f"not valid dag-cbor: {exc}") from exc
+    if not isinstance(decoded, list) or len(decoded) != 256:
+        raise CorruptNodeError("a HAMT node is a dag-cbor array of exactly 256 slots")
+    slots: list[Any] = []
+    for item in decoded:
+        if isinstance(item, dict):
+            slots.append({k: from_public(v) for k, v in item.items()} if item else None)
+        elif isinstance(item, list) and len(item) == 1:
+            slots.append([from_public(item[0])])
+        else:
+            raise CorruptNodeError("each of a node's slots must be a map or a one-element array")
+    return slots
+
+
+def decode_node(data: bytes) -> list[Any]:
+    """Decode a node's bytes into 256 slots; raise ``CorruptNodeError`` if they are not one."""
+    try:
+        return _decode_fast(data)
+    except _NotFastPath:
+        return _decode_general(data)
+    except (IndexError, UnicodeDecodeError) as exc:
+        raise CorruptNodeError(f"malformed HAMT node: {exc}") from exc

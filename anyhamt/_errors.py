@@ -1,0 +1,124 @@
+"""anyhamt's exception tree.
+
+Every error anyhamt raises on purpose is an ``AnyHamtError``. Where a builtin already means
+the same thing, the error also subclasses it, so code written for py-hamt (which raised
+``KeyError`` and plain ``Exception``) keeps catching what it caught::
+
+    AnyHamtError
+    ├── KeyNotFoundError           (KeyError)          a key is not in the map
+    ├── ReadOnlyError              (PermissionError)   writing to a read-only HAMT or store
+    ├── InvalidKeyError            (TypeError)         a key that is not a str
+    ├── InvalidValueError          (TypeError)         a value the HAMT cannot store
+    ├── InvalidIdError             (TypeError)         an id of the wrong kind for a store
+    ├── InvalidConfigError         (ValueError)        a bad constructor argument
+    ├── InvalidRangeError          (ValueError)        a byte range that cannot be served
+    ├── HashError                  (ValueError)
+    │   ├── HashTooShortError                          hash_fn returned fewer bytes than needed
+    │   └── HashExhaustedError                         more colliding keys than a bucket holds
+    ├── CorruptBlockError          (ValueError)
+    │   ├── CorruptNodeError                           bytes that are not a HAMT node
+    │   └── BlockVerificationError                     bytes that do not match their CID
+    ├── BlockNotFoundError         (FileNotFoundError) a store has no block for an id
+    ├── StoreError                                     a store failed to do its job
+    │   └── StoreClosedError                           the store was closed
+    └── LoopBlockedError           (RuntimeError)      waiting would deadlock an event loop
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AnyHamtError",
+    "BlockNotFoundError",
+    "BlockVerificationError",
+    "CorruptBlockError",
+    "CorruptNodeError",
+    "HashError",
+    "HashExhaustedError",
+    "HashTooShortError",
+    "InvalidConfigError",
+    "InvalidIdError",
+    "InvalidKeyError",
+    "InvalidRangeError",
+    "InvalidValueError",
+    "KeyNotFoundError",
+    "LoopBlockedError",
+    "ReadOnlyError",
+    "StoreClosedError",
+    "StoreError",
+]
+
+
+class AnyHamtError(Exception):
+    """Base class of every error anyhamt raises on purpose."""
+
+
+class KeyNotFoundError(AnyHamtError, KeyError):
+    """The key is not in the map."""
+
+    def __str__(self) -> str:
+        # KeyError's own __str__ shows repr(args[0]); a sentence reads better.
+        return str(self.args[0]) if self.args else "key not found"
+
+
+class ReadOnlyError(AnyHamtError, PermissionError):
+    """A write was attempted on something opened read-only."""
+
+
+class InvalidKeyError(AnyHamtError, TypeError):
+    """A key that is not a ``str``."""
+
+
+class InvalidValueError(AnyHamtError, TypeError):
+    """A value the HAMT cannot store as configured."""
+
+
+class InvalidIdError(AnyHamtError, TypeError):
+    """An id that this store cannot have produced (wrong type or format)."""
+
+
+class InvalidConfigError(AnyHamtError, ValueError):
+    """A constructor argument that cannot work."""
+
+
+class InvalidRangeError(AnyHamtError, ValueError):
+    """A byte range (offset/length/suffix) that is malformed or outside the block."""
+
+
+class HashError(AnyHamtError, ValueError):
+    """The key hash cannot place a key."""
+
+
+class HashTooShortError(HashError):
+    """``hash_fn`` returned fewer bytes than the HAMT needs."""
+
+
+class HashExhaustedError(HashError):
+    """More keys share a full hash than one bucket can hold."""
+
+
+class CorruptBlockError(AnyHamtError, ValueError):
+    """A block's bytes cannot be what was asked for."""
+
+
+class CorruptNodeError(CorruptBlockError):
+    """Bytes that do not decode as a HAMT node."""
+
+
+class BlockVerificationError(CorruptBlockError):
+    """A block's bytes do not hash to the CID they were fetched for."""
+
+
+class BlockNotFoundError(AnyHamtError, FileNotFoundError):
+    """The store holds no block for this id."""
+
+
+class StoreError(AnyHamtError):
+    """A store could not complete an operation (I/O, protocol or server failure)."""
+
+
+class StoreClosedError(StoreError):
+    """The store was used after ``aclose()``."""
+
+
+class LoopBlockedError(AnyHamtError, RuntimeError):
+    """Waiting here would deadlock: the event loop that must make progress is blocked."""

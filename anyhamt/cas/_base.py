@@ -1,0 +1,129 @@
+"""The interface every content-addressed store implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
+
+from .._codec import from_public, to_public
+from .._errors import InvalidRangeError
+from .._tasks import map_bounded
+
+if TYPE_CHECKING:
+    from collections.abc import Sequence
+    from types import TracebackType
+
+    from .._codec import Pointer
+
+__all__ = ["ContentAddressedStore", "slice_block"]
+
+
+def slice_block(
+    data: bytes, offset: int | None = None, length: int | None = None, suffix: int | None = None
+) -> bytes:
+    """Apply the ``offset``/``length``/``suffix`` range of ``load`` to a whole block.
+
+    ``offset`` with optional ``length`` selects ``data[offset:offset + length]``;
+    ``suffix`` selects the last ``suffix`` bytes. Ranges past the end are clipped, as HTTP
+    range requests are.
+    """
+    if offset is None and length is None and suffix is None:
+        return data
+    if suffix is not None:
+        if offset is not None or length is not None:
+            raise InvalidRangeError("give either offset/length or suffix, not both")
+        if suffix < 0:
+            raise InvalidRangeError(f"suffix must be >= 0, got {suffix}")
+        return data[len(data) - suffix :] if suffix else b""
+    if offset is None:
+        offset = 0
+    if offset < 0 or (length is not None and length < 0):
+        raise InvalidRangeError(f"offset and length must be >= 0, got {offset} and {length}")
+    return data[offset:] if length is None else data[offset : offset + length]
+
+
+class ContentAddressedStore(ABC):
+    """A store that names each block by its content.
+
+    Subclasses implement ``save`` and ``load`` (py-hamt's interface). Ids may be any
+    immutable, hashable value other than ``None``; stores in anyhamt return
+    ``multiformats.CID`` objects (or raw multihash bytes for ``InMemoryCAS``).
+
+    The underscore methods are the fast internal protocol the HAMT uses. Their defaults go
+    through ``save``/``load``; anyhamt's own stores override them to skip building public
+    CID objects on the hot path.
+
+    Cancellation: a cancelled ``save`` may or may not have stored the block; saving the same
+    bytes again is always safe. A cancelled ``load`` has no effect.
+    """
+
+    CodecInput = Literal["raw", "dag-cbor"]
+
+    # How many blocks the default _save_many saves at once.
+    save_concurrency: ClassVar[int] = 32
+
+    @abstractmethod
+    async def save(self, data: bytes, codec: CodecInput) -> Any:
+        """Store ``data`` and return its id. ``codec`` is "dag-cbor" for IPLD nodes."""
+
+    @abstractmethod
+    async def load(
+        self,
+        id: Any,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+    ) -> bytes:
+        """Return the block ``id`` names, or the byte range of it asked for."""
+
+    async def pin_cid(self, id: Any, target_rpc: str) -> None:
+        """Pin a block and everything it links to (a no-op for stores without pins)."""
+
+    async def unpin_cid(self, id: Any, target_rpc: str) -> None:
+        """Remove a pin (a no-op for stores without pins)."""
+
+    async def pin_update(self, old_id: Any, new_id: Any, target_rpc: str) -> None:
+        """Move a pin from one root to another (a no-op for stores without pins)."""
+
+    async def pin_ls(self, target_rpc: str) -> list[dict[str, Any]]:
+        """List pins (empty for stores without pins)."""
+        return []
+
+    async def flush(self) -> None:
+        """Make every block saved so far durable. Stores that write through do nothing."""
+
+    async def aclose(self) -> None:
+        """Release the store's resources. Safe to call more than once."""
+
+    async def __aenter__(self) -> Self:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    # -- internal fast protocol ---------------------------------------------------------
+
+    async def _save_id(self, data: bytes, codec: CodecInput) -> Pointer:
+        return from_public(await self.save(data, codec))
+
+    async def _load_id(
+        self,
+        ptr: Pointer,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+    ) -> bytes:
+        return await self.load(to_public(ptr), offset, length, suffix)
+
+    async def _save_many(self, blocks: Sequence[bytes], codec: CodecInput) -> list[Pointer]:
+        """Save many blocks; ids in the same order. Stores that batch override this."""
+
+        async def save_one(data: bytes) -> Pointer:
+            return await self._save_id(data, codec)
+
+        return await map_bounded(save_one, blocks, self.save_concurrency)
