@@ -89,7 +89,8 @@ class Link(bytes):
         return fn, bytes(self[pos : pos + size])
 
     def to_cid(self) -> CID:
-        return CID.decode(bytes(self))
+        # Parsed from text so the CID prints in base32, as the CIDs Kubo hands out do.
+        return CID.decode(str(self))
 
     def __str__(self) -> str:
         return "b" + base64.b32encode(self).decode("ascii").rstrip("=").lower()

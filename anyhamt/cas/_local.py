@@ -241,6 +241,8 @@ class LocalCAS(ContentAddressedStore):
         self._db = _Database(self.path, read_only)
         self._finalizer = weakref.finalize(self, self._db.close)
 
+    default_path = staticmethod(default_store_path)
+
     def __repr__(self) -> str:
         mode = "r" if self.read_only else "rw"
         return f"LocalCAS({str(self.path)!r}, mode={mode!r})"
