@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sqlite3
 import threading
+import time
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -29,6 +30,8 @@ if TYPE_CHECKING:
 __all__ = ["LocalCAS", "default_store_path"]
 
 _SCHEMA_VERSION: Final = 1
+# Batches that may wait for the writer thread before savers are held back.
+_MAX_QUEUED_BATCHES: Final = 2
 
 
 def default_store_path() -> Path:
@@ -57,24 +60,27 @@ def as_link(id: Any) -> Link:
 
 
 class _Database:
-    """The SQLite file and the blocks not yet committed to it.
+    """The SQLite file, the blocks not yet committed to it, and the thread that commits them.
 
-    Kept apart from ``LocalCAS`` so a finalizer can commit pending blocks when the store
-    is dropped without ``aclose()``.
+    Saved blocks collect in ``pending``; a full batch moves to ``committing``, a queue a
+    writer thread empties one transaction at a time. Both stay readable until the commit
+    has landed. Kept apart from ``LocalCAS`` so a finalizer can commit what is pending when
+    the store is dropped without ``aclose()``.
     """
 
     def __init__(self, path: Path, read_only: bool) -> None:
         self.path = path
         self.read_only = read_only
-        self.mutex = threading.Lock()  # guards pending, committing and the connections
-        self.committed = threading.Condition(self.mutex)  # notified as commits finish
-        self.write_lock = threading.Lock()  # one commit at a time
+        self.mutex = threading.Lock()  # guards every field below
+        self.changed = threading.Condition(self.mutex)  # a batch was queued or landed
         self.pending: dict[Link, bytes] = {}
         self.pending_bytes = 0
         self.committing: list[dict[Link, bytes]] = []
+        self.error: StoreError | None = None
         self.closed = False
+        self._stopping = False
+        self._thread: threading.Thread | None = None
         self._reader: sqlite3.Connection | None = None
-        self._writer: sqlite3.Connection | None = None
 
     def _connect(self) -> sqlite3.Connection:
         if self.read_only:
@@ -83,25 +89,37 @@ class _Database:
             conn = sqlite3.connect(
                 f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
             )
-        else:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+            conn.execute("PRAGMA busy_timeout = 30000")
+            return conn
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Switching to WAL needs a moment of exclusive access that the busy timeout does
+        # not wait for, so two processes opening a new file at once must retry.
+        for attempt in range(100):
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
-        conn.execute("PRAGMA busy_timeout = 30000")
-        if not self.read_only:
-            conn.execute("PRAGMA journal_mode = WAL")
-            conn.execute("PRAGMA synchronous = NORMAL")
-            conn.execute(
-                "CREATE TABLE IF NOT EXISTS blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL)"
-            )
-            version = conn.execute("PRAGMA user_version").fetchone()[0]
-            if version == 0:
-                conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
-            elif version > _SCHEMA_VERSION:
+            try:
+                conn.execute("PRAGMA busy_timeout = 30000")
+                if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
+                    conn.execute("PRAGMA journal_mode = WAL")
+                conn.execute("PRAGMA synchronous = NORMAL")
+                conn.execute(
+                    "CREATE TABLE IF NOT EXISTS blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL)"
+                )
+                version = conn.execute("PRAGMA user_version").fetchone()[0]
+                if version == 0:
+                    conn.execute(f"PRAGMA user_version = {_SCHEMA_VERSION}")
+            except sqlite3.OperationalError as exc:
+                conn.close()
+                if "locked" not in str(exc) and "busy" not in str(exc):
+                    raise
+                time.sleep(min(0.01 * (attempt + 1), 0.2))
+                continue
+            if version > _SCHEMA_VERSION:
                 conn.close()
                 raise StoreError(
                     f"{self.path} was written by a newer anyhamt (format {version}); upgrade anyhamt"
                 )
-        return conn
+            return conn
+        raise StoreError(f"{self.path} stayed locked by another process; try again")
 
     def reader(self) -> sqlite3.Connection:
         # Caller holds self.mutex.
@@ -130,64 +148,79 @@ class _Database:
                 raise StoreError(f"cannot read block store {self.path}: {exc}") from exc
         return (row[0], True) if row else (None, False)
 
-    def take_batch(self) -> dict[Link, bytes] | None:
-        # Caller holds self.mutex.
+    def queue_pending(self) -> None:
+        """Hand the pending blocks to the writer thread. Caller holds self.mutex."""
         if not self.pending:
-            return None
-        batch = self.pending
+            return
+        self.committing.append(self.pending)
         self.pending = {}
         self.pending_bytes = 0
-        self.committing.append(batch)
-        return batch
+        if self._thread is None:
+            self._thread = threading.Thread(
+                target=self._write_queued, name=f"anyhamt-sqlite-writer:{self.path.name}", daemon=True
+            )
+            self._thread.start()
+        self.changed.notify_all()
 
-    def commit(self, batch: dict[Link, bytes]) -> None:
-        """Write a batch in one transaction (runs in a worker thread or at exit)."""
-        try:
-            with self.write_lock:
-                if self._writer is None:
-                    self._writer = self._connect()
-                conn = self._writer
-                conn.execute("BEGIN IMMEDIATE")
-                try:
-                    conn.executemany(
-                        "INSERT OR IGNORE INTO blocks (cid, data) VALUES (?, ?)", batch.items()
-                    )
-                    conn.execute("COMMIT")
-                except BaseException:
-                    conn.execute("ROLLBACK")
-                    raise
-        except sqlite3.Error as exc:
-            with self.mutex:
-                self.committing.remove(batch)
-                # Keep the blocks readable and retry them on the next flush.
-                for link, data in batch.items():
-                    self.pending.setdefault(link, data)
-                self.pending_bytes = sum(map(len, self.pending.values()))
-                self.committed.notify_all()
-            raise StoreError(f"cannot write to block store {self.path}: {exc}") from exc
+    def wait_until_queued_at_most(self, batches: int) -> None:
+        """Block until the writer thread has at most ``batches`` batches left to write."""
+        with self.changed:
+            self.changed.wait_for(lambda: len(self.committing) <= batches or self._thread is None)
+
+    def take_error(self) -> StoreError | None:
         with self.mutex:
-            self.committing.remove(batch)
-            self.committed.notify_all()
+            error, self.error = self.error, None
+            return error
 
-    def wait_for_commits(self) -> None:
-        """Block until no batch is being written."""
-        with self.committed:
-            self.committed.wait_for(lambda: not self.committing)
+    def _write_queued(self) -> None:
+        writer: sqlite3.Connection | None = None
+        while True:
+            with self.changed:
+                self.changed.wait_for(lambda: self.committing or self._stopping)
+                if not self.committing:
+                    break
+                batch = self.committing[0]
+            failure: StoreError | None = None
+            try:
+                if writer is None:
+                    writer = self._connect()
+                _write_batch(writer, batch)
+            except (sqlite3.Error, StoreError) as exc:
+                failure = exc if isinstance(exc, StoreError) else StoreError(
+                    f"cannot write to block store {self.path}: {exc}"
+                )
+            with self.changed:
+                self.committing.pop(0)
+                if failure is not None:
+                    # Keep the blocks readable; the next flush queues them again.
+                    for link, data in batch.items():
+                        if link not in self.pending:
+                            self.pending[link] = data
+                            self.pending_bytes += len(data)
+                    self.error = failure
+                self.changed.notify_all()
+        if writer is not None:
+            writer.close()
+        with self.changed:
+            self._thread = None
+            self.changed.notify_all()
 
     def close(self) -> None:
-        """Commit what is pending and close (idempotent; also the finalizer)."""
-        with self.mutex:
+        """Commit what is pending, stop the writer and close (idempotent; the finalizer)."""
+        with self.changed:
             if self.closed:
                 return
-            batch = self.take_batch()
-        if batch is not None:
-            self.commit(batch)
-        with self.mutex, self.write_lock:
+            self.queue_pending()
+            self._stopping = True
+            self.changed.notify_all()
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+        with self.mutex:
             self.closed = True
-            for conn in (self._reader, self._writer):
-                if conn is not None:
-                    conn.close()
-            self._reader = self._writer = None
+            if self._reader is not None:
+                self._reader.close()
+                self._reader = None
 
     def iter_links(self) -> Iterator[Link]:
         with self.mutex:
@@ -203,6 +236,17 @@ class _Database:
                 yield link
 
 
+def _write_batch(conn: sqlite3.Connection, batch: dict[Link, bytes]) -> None:
+    """One transaction: all of the batch lands, or none of it."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        conn.executemany("INSERT OR IGNORE INTO blocks (cid, data) VALUES (?, ?)", batch.items())
+        conn.execute("COMMIT")
+    except BaseException:
+        conn.execute("ROLLBACK")
+        raise
+
+
 class LocalCAS(ContentAddressedStore):
     """A persistent block store in one SQLite file: anyhamt's embedded default.
 
@@ -213,13 +257,14 @@ class LocalCAS(ContentAddressedStore):
     * **Durability.** ``save`` makes a block readable at once and commits blocks in batches
       (one transaction per ``batch_blocks`` blocks or ``batch_bytes`` bytes). ``flush()``,
       ``aclose()`` and ``HAMT.make_read_only()`` commit everything saved before them. A crash
-      loses at most the uncommitted batch and never leaves part of a block behind (each
-      batch is one SQLite transaction; WAL mode, ``synchronous=NORMAL``).
+      loses at most the blocks not yet committed and never leaves part of a block behind
+      (each batch is one SQLite transaction; WAL mode, ``synchronous=NORMAL``). Dropping
+      the store without ``aclose()`` still commits at garbage collection or exit.
     * **Verified reads.** Every block read from disk is hashed and compared with its CID;
       a mismatch raises ``BlockVerificationError``.
     * **Concurrency.** One instance may be shared by tasks on any event loop and thread;
-      several processes may open the same file (SQLite locks it). Commits run in a worker
-      thread, so the event loop keeps running while a batch is written.
+      several processes may open the same file (SQLite locks it). Commits run in a writer
+      thread, so neither the event loop nor the saving task waits for the disk.
     """
 
     def __init__(
@@ -262,21 +307,30 @@ class LocalCAS(ContentAddressedStore):
         return await self._load_id(as_link(id), offset, length, suffix)
 
     async def flush(self) -> None:
-        """Commit every block saved so far (waits for commits other tasks started)."""
+        """Commit every block saved so far, including batches other tasks queued.
+
+        Raises ``StoreError`` if a commit failed since the last flush; the blocks it held
+        stay readable and are retried by the next flush. Cancellation stops the wait, not
+        the commit.
+        """
         db = self._db
         with db.mutex:
             if db.closed:
                 return
-            batch = db.take_batch()
-        if batch is not None:
-            await anyio.to_thread.run_sync(db.commit, batch)
-        # Blocks other tasks handed to a commit are durable only once that commit ends.
-        if db.committing:
-            await anyio.to_thread.run_sync(db.wait_for_commits)
+            db.queue_pending()
+            busy = bool(db.committing)
+        if busy:
+            await anyio.to_thread.run_sync(db.wait_until_queued_at_most, 0)
+        error = db.take_error()
+        if error is not None:
+            raise error
 
     async def aclose(self) -> None:
-        # docstring inherited
+        """Commit everything pending and close the file (safe to call again)."""
         await anyio.to_thread.run_sync(self._finalizer)
+        error = self._db.take_error()
+        if error is not None:
+            raise error
 
     async def has(self, id: Any) -> bool:
         """Whether the store holds the block ``id`` names."""
@@ -311,11 +365,14 @@ class LocalCAS(ContentAddressedStore):
                 return
             db.pending[link] = data
             db.pending_bytes += len(data)
-            batch = None
-            if len(db.pending) >= self.batch_blocks or db.pending_bytes >= self.batch_bytes:
-                batch = db.take_batch()
-        if batch is not None:
-            await anyio.to_thread.run_sync(db.commit, batch)
+            if len(db.pending) < self.batch_blocks and db.pending_bytes < self.batch_bytes:
+                return
+            db.queue_pending()
+            backlog = len(db.committing)
+        # Commits run in the writer thread; wait only when it falls behind, which bounds
+        # the memory held by blocks not yet on disk.
+        if backlog > _MAX_QUEUED_BATCHES:
+            await anyio.to_thread.run_sync(db.wait_until_queued_at_most, _MAX_QUEUED_BATCHES)
 
     async def _load_id(
         self,

@@ -1,0 +1,653 @@
+"""Core HAMT benchmark: anyhamt against py-hamt 3.6.0, same workloads, same run.
+
+    python benchmarks/run_core.py [--sizes 20000,200000] [--stores memory,local]
+                                  [--out benchmarks/results/core.md] [--backend trio]
+
+anyhamt runs under this interpreter; py-hamt runs under a Python 3.12 venv that this script
+creates on first use at ``${ANYHAMT_BENCH_VENV:-~/.cache/anyhamt/bench-pyhamt-venv}``
+(``pip install py-hamt==3.6.0 psutil``). Every (library, store, size, backend) workload runs
+in a fresh process (``_worker.py``), so each peak RSS belongs to one workload. The markdown
+table goes to stdout and to ``--out``. See benchmarks/README.md.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import glob
+import hashlib
+import json
+import os
+import platform
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+WORKER = HERE / "_worker.py"
+PYHAMT_VERSION = "3.6.0"
+DEFAULT_VENV = Path("~/.cache/anyhamt/bench-pyhamt-venv").expanduser()
+
+# (result field, label, kind): kind "rate" = per second (higher is better),
+# "seconds" and "rss" = lower is better.
+ROWS: list[tuple[str, str, str]] = [
+    ("insert_per_s", "insert + make_read_only (keys/s)", "rate"),
+    ("make_read_only_s", "make_read_only alone (s, lower is better)", "seconds"),
+    ("get_per_s", "get, sequential, cold cache (gets/s)", "rate"),
+    ("cget_per_s", "get, {c} concurrent tasks, yielding store (gets/s)", "rate"),
+    ("keys_per_s", "keys() full iteration (keys/s)", "rate"),
+    ("rss_peak_kib", "peak RSS (MiB, lower is better)", "rss"),
+    ("rss_start_kib", "RSS at start: imports + values (MiB, for reference)", "rss"),
+]
+
+
+def log(msg: str) -> None:
+    print(msg, file=sys.stderr, flush=True)
+
+
+# -- the py-hamt venv ---------------------------------------------------------------------
+
+
+def _python_version(python: str) -> tuple[int, int] | None:
+    try:
+        out = subprocess.run(
+            [python, "-c", "import sys; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if out.returncode != 0:
+        return None
+    major, minor = out.stdout.split()
+    return int(major), int(minor)
+
+
+def find_python312() -> str:
+    """A Python 3.12 interpreter: ``python3.12`` on PATH, else pyenv's."""
+    candidates: list[str] = []
+    on_path = shutil.which("python3.12")
+    if on_path:
+        candidates.append(on_path)
+    pyenv = shutil.which("pyenv") or str(Path("~/.pyenv/bin/pyenv").expanduser())
+    if os.access(pyenv, os.X_OK):
+        try:
+            out = subprocess.run(
+                [pyenv, "prefix", "3.12"], capture_output=True, text=True, timeout=60
+            )
+            if out.returncode == 0:
+                for prefix in out.stdout.strip().split(os.pathsep):
+                    if prefix:
+                        candidates.append(os.path.join(prefix, "bin", "python"))
+        except (OSError, subprocess.TimeoutExpired):
+            pass
+    root = os.environ.get("PYENV_ROOT") or str(Path("~/.pyenv").expanduser())
+    candidates.extend(
+        sorted(glob.glob(os.path.join(root, "versions", "3.12*", "bin", "python")), reverse=True)
+    )
+    for candidate in candidates:
+        if _python_version(candidate) == (3, 12):
+            return candidate
+    raise SystemExit(
+        "no Python 3.12 found (tried python3.12 on PATH, `pyenv prefix 3.12`, "
+        f"{root}/versions/3.12*); install one or pass --pyhamt-python"
+    )
+
+
+def _venv_ready(python: Path) -> bool:
+    if not python.exists():
+        return False
+    probe = (
+        "from importlib.metadata import version; import sys; "
+        f"sys.exit(0 if version('py-hamt') == {PYHAMT_VERSION!r} and version('psutil') else 1)"
+    )
+    try:
+        return (
+            subprocess.run([str(python), "-c", probe], capture_output=True, timeout=120).returncode
+            == 0
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def ensure_pyhamt_venv() -> str:
+    venv = Path(os.environ.get("ANYHAMT_BENCH_VENV") or DEFAULT_VENV).expanduser()
+    python = venv / "bin" / "python"
+    if _venv_ready(python):
+        return str(python)
+    if not python.exists() or _python_version(str(python)) != (3, 12):
+        base = find_python312()
+        log(f"creating py-hamt venv at {venv} with {base}")
+        if venv.exists():
+            shutil.rmtree(venv)
+        venv.parent.mkdir(parents=True, exist_ok=True)
+        subprocess.run([base, "-m", "venv", str(venv)], check=True)
+    log(f"installing py-hamt=={PYHAMT_VERSION} psutil into {venv}")
+    subprocess.run(
+        [
+            str(python),
+            "-m",
+            "pip",
+            "install",
+            "--quiet",
+            "--disable-pip-version-check",
+            f"py-hamt=={PYHAMT_VERSION}",
+            "psutil",
+        ],
+        check=True,
+    )
+    if not _venv_ready(python):
+        raise SystemExit(f"{venv} still lacks py-hamt=={PYHAMT_VERSION} after pip install")
+    return str(python)
+
+
+# -- machine and source info --------------------------------------------------------------
+
+
+def _cpu_model() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def _mem_total_gib() -> float | None:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) / 2**20
+    except OSError:
+        pass
+    return None
+
+
+def _loadavg() -> str:
+    try:
+        return " ".join(f"{x:.2f}" for x in os.getloadavg())
+    except OSError:
+        return "n/a"
+
+
+def _git(*args: str) -> str | None:
+    try:
+        out = subprocess.run(["git", *args], cwd=REPO, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def _source_digest() -> str:
+    """A hash of anyhamt's sources, to notice edits made while the benchmark runs."""
+    h = hashlib.sha256()
+    for path in sorted((REPO / "anyhamt").rglob("*.py")):
+        h.update(str(path.relative_to(REPO)).encode())
+        h.update(path.read_bytes())
+    return h.hexdigest()[:12]
+
+
+def _dist_version(name: str) -> str | None:
+    try:
+        return metadata.version(name)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+# -- running workers ----------------------------------------------------------------------
+
+
+def run_worker(
+    python: str, lib: str, store: str, n: int, backend: str, args: argparse.Namespace
+) -> dict[str, Any]:
+    cmd = [
+        python,
+        str(WORKER),
+        "--lib",
+        lib,
+        "--store",
+        store,
+        "--size",
+        str(n),
+        "--backend",
+        backend,
+        "--concurrency",
+        str(args.concurrency),
+        "--seed",
+        str(args.seed),
+    ]
+    if args.tmpdir:
+        cmd += ["--tmpdir", args.tmpdir]
+    env = dict(os.environ)
+    env["PYTHONWARNINGS"] = "ignore::DeprecationWarning"
+    if lib == "anyhamt":
+        # Import anyhamt from this checkout even when it is not installed.
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
+    else:
+        env.pop("PYTHONPATH", None)
+    started = time.perf_counter()
+    try:
+        proc = subprocess.run(
+            cmd, capture_output=True, text=True, env=env, cwd=REPO, timeout=args.timeout
+        )
+    except subprocess.TimeoutExpired:
+        return {"ok": False, "error": f"timed out after {args.timeout} s"}
+    wall = time.perf_counter() - started
+    result: dict[str, Any] | None = None
+    for line in reversed(proc.stdout.splitlines()):
+        if line.startswith("{"):
+            try:
+                result = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            break
+    if result is None:
+        tail = (proc.stderr or proc.stdout).strip().splitlines()[-15:]
+        return {"ok": False, "error": f"exit {proc.returncode}: " + " | ".join(tail)}
+    if proc.returncode != 0 and result.get("ok"):
+        result = {**result, "ok": False, "error": f"exit {proc.returncode}"}
+    result["wall_s"] = wall
+    return result
+
+
+def median_result(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result per cell: the median of each figure over the repeats."""
+    good = [r for r in runs if r.get("ok")]
+    if len(good) != len(runs):
+        bad = next(r for r in runs if not r.get("ok"))
+        return {"ok": False, "error": bad.get("error", "failed")}
+    merged = dict(good[0])
+    for key, value in good[0].items():
+        if (
+            isinstance(value, (int, float))
+            and not isinstance(value, bool)
+            and key not in ("n", "seed", "concurrency")
+        ):
+            merged[key] = statistics.median(r[key] for r in good)
+    roots = {r["root"] for r in good}
+    if len(roots) != 1:
+        merged["ok"] = False
+        merged["error"] = f"root differs between repeats: {sorted(roots)}"
+    return merged
+
+
+# -- the report ---------------------------------------------------------------------------
+
+
+def fmt(kind: str, value: float | None) -> str:
+    if value is None:
+        return "n/a"
+    if kind == "rate":
+        return f"{value:,.0f}"
+    if kind == "seconds":
+        return f"{value:.3f}"
+    if kind == "rss":
+        return f"{value / 1024:,.1f}"
+    return str(value)
+
+
+def ratio(a: float | None, b: float | None) -> str:
+    if a is None or b is None or b == 0:
+        return "n/a"
+    return f"{a / b:.2f}x"
+
+
+def cell(result: dict[str, Any] | None, key: str, kind: str) -> tuple[str, float | None]:
+    if result is None:
+        return "not run", None
+    if not result.get("ok"):
+        return "FAILED", None
+    value = result.get(key)
+    return fmt(kind, value), value
+
+
+def render(
+    args: argparse.Namespace,
+    info: dict[str, Any],
+    results: dict[tuple[str, str, int, str], dict[str, Any]],
+    sizes: list[int],
+    stores: list[str],
+    backends: list[str],
+) -> tuple[str, bool]:
+    """The markdown report, and whether everything ran and checked out."""
+    ok = True
+    trio = "trio" in backends
+    any_info = next((r for (lib, *_), r in results.items() if lib == "anyhamt" and r.get("ok")), {})
+    py_info = next((r for (lib, *_), r in results.items() if lib == "py-hamt" and r.get("ok")), {})
+
+    lines: list[str] = []
+    add = lines.append
+    add("# anyhamt vs py-hamt 3.6.0: core HAMT benchmark")
+    add("")
+    add(f"- date: {info['date']} (UTC); run took {info['elapsed_s']:.0f} s")
+    mem = f", {info['mem_gib']:.1f} GiB RAM" if info["mem_gib"] else ""
+    add(
+        f"- machine: {info['platform']}; CPU {info['cpu']}; nproc {info['nproc']} "
+        f"(usable {info['usable_cpus']}){mem}; load average at start {info['load_start']}, "
+        f"at end {info['load_end']}"
+    )
+    trio_v = f", trio {any_info.get('trio_version') or info.get('trio_version')}" if trio else ""
+    add(
+        f"- anyhamt {any_info.get('lib_version', '?')} (git {info['git']}, sources "
+        f"{info['digest_start']}) on {any_info.get('python_impl', '')} "
+        f"{any_info.get('python', '?')}, anyio {any_info.get('anyio_version', '?')}{trio_v}"
+    )
+    add(
+        f"- py-hamt {py_info.get('lib_version', '?')} on {py_info.get('python_impl', '')} "
+        f"{py_info.get('python', '?')}, anyio {py_info.get('anyio_version', '?')} "
+        f"(`{info['pyhamt_python']}`)"
+    )
+    add(
+        f"- workload: N keys `key-{{i}}`, 100-byte random values (seed {args.seed}, the same "
+        "bytes for both libraries), `values_are_bytes=True`; each (library, store, N, backend) "
+        f"in a fresh process; {args.repeat} run(s) per cell"
+        + (", median shown" if args.repeat > 1 else "")
+    )
+    add(f"- command: `{info['command']}`")
+    if info["digest_start"] != info["digest_end"]:
+        ok = False
+        add(
+            f"- **WARNING: anyhamt/ sources changed during the run** ({info['digest_start']} -> "
+            f"{info['digest_end']}); figures may mix versions"
+        )
+    add("")
+
+    header = ["store", "N", "workload", "py-hamt", "anyhamt", "ratio"]
+    if trio:
+        header += ["anyhamt (trio)", "ratio (trio)"]
+    add("| " + " | ".join(header) + " |")
+    add(
+        "|"
+        + "|".join(
+            ["---", "---:", "---", "---:", "---:", "---:"] + (["---:", "---:"] if trio else [])
+        )
+        + "|"
+    )
+
+    root_notes: list[str] = []
+    failures: list[str] = []
+    for store in stores:
+        for n in sizes:
+            base = results.get(("py-hamt", "memory", n, "asyncio"))
+            mine = results.get(("anyhamt", store, n, "asyncio"))
+            mine_trio = results.get(("anyhamt", store, n, "trio")) if trio else None
+            for res in (base, mine, mine_trio):
+                if res is not None and not res.get("ok"):
+                    ok = False
+                    failures.append(f"{res.get('lib', '?')} {store} N={n}: {res.get('error')}")
+            store_label = "memory" if store == "memory" else "local¹"
+            for key, label, kind in ROWS:
+                label = label.format(c=args.concurrency)
+                py_s, py_v = cell(base, key, kind)
+                an_s, an_v = cell(mine, key, kind)
+                row = [store_label, f"{n:,}", label, py_s, an_s, ratio(an_v, py_v)]
+                if trio:
+                    tr_s, tr_v = cell(mine_trio, key, kind)
+                    row += [tr_s, ratio(tr_v, py_v)]
+                add("| " + " | ".join(row) + " |")
+            if store == "memory":
+                roots = {"py-hamt": base, "anyhamt": mine}
+                if trio:
+                    roots["anyhamt (trio)"] = mine_trio
+                hexes = {
+                    k: (r or {}).get("root") if (r or {}).get("ok") else None
+                    for k, r in roots.items()
+                }
+                present = [h for h in hexes.values() if h]
+                if len(present) == len(hexes):
+                    same = len(set(present)) == 1
+                    verdict = "identical" if same else "**DIFFERENT**"
+                    if not same:
+                        ok = False
+                else:
+                    verdict = "n/a"
+                    ok = False
+
+                def short(h: str | None) -> str:
+                    return f"`{h[:16]}…`" if h else "n/a"
+
+                row = [
+                    store_label,
+                    f"{n:,}",
+                    "root id (wire compat)",
+                    short(hexes["py-hamt"]),
+                    short(hexes["anyhamt"]),
+                    verdict,
+                ]
+                if trio:
+                    row += [short(hexes["anyhamt (trio)"]), verdict]
+                add("| " + " | ".join(row) + " |")
+                for name, h in hexes.items():
+                    root_notes.append(f"  - N={n:,} {name}: `{h}`")
+
+    add("")
+    add(
+        "Ratio = anyhamt / py-hamt. For per-second rows higher is better; for seconds and "
+        "RSS rows lower is better. Every value read is compared with the value written inside "
+        "the timed loops (same code for both libraries); keys() output is checked for every key "
+        'exactly once. "Cold cache": each read phase builds a new read-only HAMT on the root, '
+        "so its node cache starts empty. The concurrent phase reads through a wrapper store that "
+        "subclasses each library's `ContentAddressedStore` and yields to the event loop before "
+        "every load (`asyncio.sleep(0)` for py-hamt, `anyio.lowlevel.checkpoint()` for anyhamt). "
+        "Peak RSS is `ru_maxrss` of the worker process at the end (all phases); it includes "
+        "the interpreter, the imports (py-hamt's package imports zarr and numpy), the "
+        f"{100} x N-byte value buffer and the in-memory store's blocks."
+    )
+    add("")
+    if "local" in stores:
+        add(
+            "¹ local rows: anyhamt on `LocalCAS` (one SQLite file in a temp directory; the "
+            "writer is closed after make_read_only and the read phases reopen the file "
+            "read-only, so every node and value comes from SQLite and is hashed against its "
+            "CID). **py-hamt has no local store, so the py-hamt column of the local rows "
+            "repeats py-hamt's in-memory (`InMemoryCAS`) figures for the same N** (the very "
+            "run shown in the memory rows): the baseline is py-hamt in memory, not on disk."
+        )
+        add("")
+    if root_notes:
+        add(
+            "Root ids (memory store; raw blake3 multihash bytes, as both `InMemoryCAS`es "
+            "return them):"
+        )
+        add("")
+        lines.extend(root_notes)
+        add("")
+
+    # Targets from the issue.
+    targets: list[tuple[str, str, float | None, float, bool]] = []
+
+    def metric(lib: str, store: str, n: int, key: str, backend: str = "asyncio") -> float | None:
+        if lib == "py-hamt":
+            store = "memory"
+        r = results.get((lib, store, n, backend))
+        return r.get(key) if r and r.get("ok") else None
+
+    for store in stores:
+        suffix = " (vs py-hamt memory)" if store == "local" else ""
+        for n, tput, get in ((200_000, 10.0, 5.0), (20_000, 5.0, 5.0)):
+            if n not in sizes:
+                continue
+            for key, label, floor in (
+                ("insert_per_s", "insert + make_read_only", tput),
+                ("get_per_s", "get, sequential", get),
+                ("cget_per_s", f"get, {args.concurrency} concurrent", get),
+            ):
+                a, b = metric("anyhamt", store, n, key), metric("py-hamt", store, n, key)
+                r = a / b if a is not None and b else None
+                targets.append(
+                    (
+                        f"{store}{suffix}, N={n:,}: {label} >= {floor:g}x py-hamt",
+                        f"{r:.2f}x" if r else "n/a",
+                        r,
+                        floor,
+                        r is not None and r >= floor,
+                    )
+                )
+        if 200_000 in sizes:
+            a, b = (
+                metric("anyhamt", store, 200_000, "rss_peak_kib"),
+                metric("py-hamt", store, 200_000, "rss_peak_kib"),
+            )
+            r = a / b if a is not None and b else None
+            targets.append(
+                (
+                    f"{store}{suffix}, N=200,000: anyhamt peak RSS <= 0.5x py-hamt's",
+                    f"{r:.2f}x" if r else "n/a",
+                    r,
+                    0.5,
+                    r is not None and r <= 0.5,
+                )
+            )
+    if targets:
+        add(
+            "Targets (from the issue: at 200k keys >= 10x py-hamt's insert+make_read_only "
+            "throughput and >= 5x its get throughput; at 20k keys >= 5x both; anyhamt peak RSS at "
+            "200k <= half of py-hamt's; checked on asyncio):"
+        )
+        add("")
+        add("| target | measured | met |")
+        add("|---|---:|---|")
+        for label, measured, _r, _floor, met in targets:
+            add(f"| {label} | {measured} | {'yes' if met else '**no**'} |")
+        add("")
+    if failures:
+        add("Failures:")
+        add("")
+        lines.extend(f"- {f}" for f in failures)
+        add("")
+    return "\n".join(lines), ok
+
+
+# -- main ---------------------------------------------------------------------------------
+
+
+def _csv(text: str) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()]
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description="anyhamt vs py-hamt 3.6.0 core HAMT benchmark")
+    parser.add_argument("--sizes", default="20000,200000", help="comma-separated key counts")
+    parser.add_argument("--stores", default="memory,local", help="comma-separated: memory, local")
+    parser.add_argument(
+        "--out", default=str(HERE / "results" / "core.md"), help="markdown report file"
+    )
+    parser.add_argument(
+        "--backend",
+        choices=["asyncio", "trio"],
+        default="asyncio",
+        help="trio: also run anyhamt on trio (extra columns; py-hamt stays on asyncio)",
+    )
+    parser.add_argument(
+        "--repeat", type=int, default=1, help="fresh runs per cell; the median is shown"
+    )
+    parser.add_argument(
+        "--concurrency", type=int, default=64, help="tasks in the concurrent-get phase"
+    )
+    parser.add_argument("--seed", type=int, default=20250101, help="seed of the random values")
+    parser.add_argument("--timeout", type=float, default=3600, help="seconds allowed per worker")
+    parser.add_argument("--tmpdir", default=None, help="directory for the local store's temp files")
+    parser.add_argument(
+        "--pyhamt-python", default=None, help="use this interpreter for py-hamt instead of the venv"
+    )
+    args = parser.parse_args()
+
+    try:
+        sizes = [int(s.replace("_", "")) for s in _csv(args.sizes)]
+    except ValueError:
+        parser.error(f"--sizes must be integers, got {args.sizes!r}")
+    stores = _csv(args.stores)
+    for store in stores:
+        if store not in ("memory", "local"):
+            parser.error(f"unknown store {store!r} (memory, local)")
+    if not sizes or any(n < 1 for n in sizes) or not stores or args.repeat < 1:
+        parser.error("need at least one size >= 1, one store and --repeat >= 1")
+    backends = ["asyncio", "trio"] if args.backend == "trio" else ["asyncio"]
+    if "trio" in backends and _dist_version("trio") is None:
+        parser.error("--backend trio needs trio installed in this interpreter")
+
+    pyhamt_python = args.pyhamt_python or ensure_pyhamt_venv()
+
+    started = time.perf_counter()
+    git = _git("rev-parse", "--short", "HEAD") or "unknown"
+    if _git("status", "--porcelain", "--", "anyhamt"):
+        git += ", anyhamt/ modified"
+    info: dict[str, Any] = {
+        "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M"),
+        "platform": platform.platform(),
+        "cpu": _cpu_model(),
+        "nproc": os.cpu_count(),
+        "usable_cpus": len(os.sched_getaffinity(0))
+        if hasattr(os, "sched_getaffinity")
+        else os.cpu_count(),
+        "mem_gib": _mem_total_gib(),
+        "load_start": _loadavg(),
+        "git": git,
+        "digest_start": _source_digest(),
+        "pyhamt_python": pyhamt_python,
+        "trio_version": _dist_version("trio"),
+        "command": shlex.join(["python", os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
+    }
+
+    # The py-hamt column of the local rows is its memory run, so py-hamt runs on memory only.
+    plan: list[tuple[str, str, int, str]] = []
+    for n in sizes:
+        plan.append(("py-hamt", "memory", n, "asyncio"))
+        for store in stores:
+            for backend in backends:
+                plan.append(("anyhamt", store, n, backend))
+    runs: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {cell: [] for cell in plan}
+    total = len(plan) * args.repeat
+    done = 0
+    for rep in range(args.repeat):
+        for lib, store, n, backend in plan:
+            done += 1
+            python = sys.executable if lib == "anyhamt" else pyhamt_python
+            log(f"[{done}/{total}] {lib} {store} N={n} {backend} (run {rep + 1}/{args.repeat}) ...")
+            result = run_worker(python, lib, store, n, backend, args)
+            runs[(lib, store, n, backend)].append(result)
+            if result.get("ok"):
+                r = result
+                log(
+                    f"    insert {r['insert_per_s']:,.0f}/s, get {r['get_per_s']:,.0f}/s, "
+                    f"concurrent get {r['cget_per_s']:,.0f}/s, keys {r['keys_per_s']:,.0f}/s, "
+                    f"peak RSS {r['rss_peak_kib'] / 1024:,.1f} MiB ({r['wall_s']:.1f} s)"
+                )
+            else:
+                log(f"    FAILED: {result.get('error')}")
+
+    results = {cell: median_result(rs) for cell, rs in runs.items()}
+    info["elapsed_s"] = time.perf_counter() - started
+    info["load_end"] = _loadavg()
+    info["digest_end"] = _source_digest()
+
+    report, ok = render(args, info, results, sizes, stores, backends)
+    print(report)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(report + "\n")
+    raw = out.with_suffix(".json")
+    raw.write_text(
+        json.dumps(
+            {"info": info, "runs": [dict(r, cell=list(c)) for c, rs in runs.items() for r in rs]},
+            indent=1,
+        )
+        + "\n"
+    )
+    log(f"wrote {out} and {raw}")
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,456 @@
+"""The concurrency model: one HAMT shared by tasks, loops and threads; cancellation safety."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import Counter
+from typing import Any
+
+import anyio
+import anyio.lowlevel
+import pytest
+
+from anyhamt import (
+    HAMT,
+    BlockNotFoundError,
+    ContentAddressedStore,
+    InMemoryCAS,
+    LoopBlockedError,
+)
+
+
+class SteppingCAS(ContentAddressedStore):
+    """Wraps a store; yields to the loop on every operation and counts them.
+
+    ``on_step`` is called before each operation, which lets a test cancel at exactly the
+    n-th await point of an operation.
+    """
+
+    def __init__(self, inner: ContentAddressedStore) -> None:
+        self.inner = inner
+        self.steps = 0
+        self.loads: Counter[Any] = Counter()
+        self.on_step: Any = None
+
+    async def _step(self) -> None:
+        self.steps += 1
+        if self.on_step is not None:
+            self.on_step(self.steps)
+        await anyio.lowlevel.checkpoint()
+
+    async def save(self, data: bytes, codec: Any) -> Any:
+        await self._step()
+        return await self.inner.save(data, codec)
+
+    async def load(self, id: Any, offset: Any = None, length: Any = None, suffix: Any = None) -> bytes:
+        await self._step()
+        self.loads[id] += 1
+        return await self.inner.load(id, offset, length, suffix)
+
+    async def _save_many(self, blocks: Any, codec: Any) -> list[Any]:
+        await self._step()
+        return await self.inner._save_many(blocks, codec)
+
+
+async def reference_root(items: dict[str, bytes], bucket: int = 4) -> Any:
+    hamt = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True, max_bucket_size=bucket)
+    for key, value in items.items():
+        await hamt.set(key, value)
+    await hamt.make_read_only()
+    return hamt.root_node_id
+
+
+async def test_concurrent_writers_and_readers_in_one_task_group() -> None:
+    cas = SteppingCAS(InMemoryCAS())
+    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+    expected = {f"w{w}/k{i}": f"{w}-{i}".encode() for w in range(16) for i in range(60)}
+    seen_wrong: list[str] = []
+
+    async def writer(w: int) -> None:
+        for i in range(60):
+            await hamt.set(f"w{w}/k{i}", f"{w}-{i}".encode())
+
+    async def reader(w: int) -> None:
+        # Each reader polls keys its writer may or may not have written yet.
+        for i in range(60):
+            try:
+                value = await hamt.get(f"w{w}/k{i}")
+            except KeyError:
+                continue
+            if value != f"{w}-{i}".encode():
+                seen_wrong.append(f"w{w}/k{i}")
+
+    async with anyio.create_task_group() as tg:
+        for w in range(16):
+            tg.start_soon(writer, w)
+            tg.start_soon(reader, w)
+    assert not seen_wrong
+    assert await hamt.len() == len(expected)
+    await hamt.make_read_only()
+    assert hamt.root_node_id == await reference_root(expected)
+
+    # Read-only: many concurrent readers, no lock.
+    results: dict[str, bytes] = {}
+
+    async def read_all(keys: list[str]) -> None:
+        for key in keys:
+            results[key] = await hamt.get(key)
+
+    keys = list(expected)
+    async with anyio.create_task_group() as tg:
+        for start in range(0, len(keys), 40):
+            tg.start_soon(read_all, keys[start : start + 40])
+    assert results == expected
+
+
+async def test_concurrent_cold_reads_load_each_node_once() -> None:
+    inner = InMemoryCAS()
+    items = {f"k{i}": b"v" for i in range(3000)}
+    writer = await HAMT.build(cas=inner, values_are_bytes=True)
+    for key, value in items.items():
+        await writer.set(key, value)
+    await writer.make_read_only()
+
+    cas = SteppingCAS(inner)
+    reader = HAMT(cas=cas, root_node_id=writer.root_node_id, read_only=True, values_are_bytes=True)
+
+    async def get(key: str) -> None:
+        assert await reader.get(key) == b"v"
+
+    async with anyio.create_task_group() as tg:
+        for key in items:
+            tg.start_soon(get, key)
+    # Every get loads its value block (all 3000 values are b"v", one id); nodes load once.
+    value_id = await reader.get_pointer("k0")
+    assert cas.loads[value_id] == 3000
+    nodes = {k: n for k, n in cas.loads.items() if k != value_id}
+    assert nodes, "the tree should have been loaded"
+    assert max(nodes.values()) == 1, "a node was loaded more than once"
+
+
+def _run_in_thread(backend: str, fn: Any, *args: Any) -> threading.Thread:
+    errors: list[BaseException] = []
+
+    def target() -> None:
+        try:
+            anyio.run(fn, *args, backend=backend)
+        except BaseException as exc:  # reported by the joining test
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.errors = errors  # type: ignore[attr-defined]
+    thread.start()
+    return thread
+
+
+def test_two_loops_in_two_threads_share_one_hamt() -> None:
+    # Sync test: it starts its own asyncio and trio loops in two threads.
+    cas = SteppingCAS(InMemoryCAS())
+    hamt = anyio.run(lambda: HAMT.build(cas=cas, values_are_bytes=True))
+    items = {f"{side}-{i}": f"{side}{i}".encode() for side in ("a", "t") for i in range(400)}
+
+    async def write_side(side: str) -> None:
+        for i in range(400):
+            await hamt.set(f"{side}-{i}", f"{side}{i}".encode())
+            if i % 50 == 0:
+                await hamt.get(f"{side}-{i}")
+
+    threads = [
+        _run_in_thread("asyncio", write_side, "a"),
+        _run_in_thread("trio", write_side, "t"),
+    ]
+    for thread in threads:
+        thread.join(60)
+        assert not thread.is_alive(), "a loop hung"
+        assert not thread.errors, thread.errors  # type: ignore[attr-defined]
+
+    async def finish() -> Any:
+        await hamt.make_read_only()
+        return hamt.root_node_id, await hamt.len()
+
+    root, count = anyio.run(finish, backend="trio")
+    assert count == 800
+    assert root == anyio.run(reference_root, items)
+
+
+@pytest.mark.parametrize(("first", "second"), [("asyncio", "trio"), ("trio", "asyncio")])
+def test_hamt_outlives_its_first_event_loop(first: str, second: str) -> None:
+    # Sync test: each step is its own anyio.run on a different backend.
+    cas = InMemoryCAS()
+
+    async def write() -> HAMT:
+        hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+        for i in range(500):
+            await hamt.set(f"k{i}", b"x")
+        return hamt
+
+    hamt = anyio.run(write, backend=first)
+
+    async def continue_and_read() -> int:
+        for i in range(500, 600):
+            await hamt.set(f"k{i}", b"y")
+        await hamt.delete("k0")
+        await hamt.make_read_only()
+        assert await hamt.get("k550") == b"y"
+        return await hamt.len()
+
+    assert anyio.run(continue_and_read, backend=second) == 599
+
+    async def read_again() -> bytes:
+        return await hamt.get("k1")
+
+    assert anyio.run(read_again, backend=first) == b"x"
+
+
+async def test_cancellation_at_every_step_leaves_a_consistent_hamt() -> None:
+    """Cancel a run of set/delete/make_read_only at its n-th await, for every n.
+
+    Afterwards the map holds exactly the operations that completed (each one entirely or
+    not at all), and re-running the same operations to completion gives the same root.
+    """
+    base = {f"k{i}": f"v{i}".encode() for i in range(300)}
+    inner = InMemoryCAS()
+    seed = await HAMT.build(cas=inner, values_are_bytes=True)
+    for key, value in base.items():
+        await seed.set(key, value)
+    await seed.make_read_only()
+    base_root = seed.root_node_id
+
+    ops: list[tuple[str, str]] = [("set", f"new{i}") for i in range(12)]
+    ops += [("delete", f"k{i}") for i in range(0, 60, 3)]
+    ops += [("flush", "")]
+    ops += [("set", f"k{i}") for i in range(100, 110)]
+    ops += [("delete", f"new{i}") for i in range(6)]
+    ops += [("flush", "")]
+
+    def apply(model: dict[str, bytes], op: tuple[str, str]) -> None:
+        kind, key = op
+        if kind == "set":
+            model[key] = b"changed-" + key.encode()
+        elif kind == "delete":
+            del model[key]
+
+    async def run_ops(hamt: HAMT, done: list[int]) -> None:
+        for index, (kind, key) in enumerate(ops):
+            if kind == "set":
+                if hamt.read_only:
+                    await hamt.enable_write()
+                await hamt.set(key, b"changed-" + key.encode())
+            elif kind == "delete":
+                if hamt.read_only:
+                    await hamt.enable_write()
+                await hamt.delete(key)
+            else:
+                await hamt.make_read_only()
+            done.append(index)
+
+    final = dict(base)
+    for op in ops:
+        apply(final, op)
+    final_root = await reference_root(final)
+
+    total_steps = None
+    cancel_at = 1
+    while total_steps is None or cancel_at <= total_steps:
+        cas = SteppingCAS(inner)
+        hamt = HAMT(cas=cas, root_node_id=base_root, values_are_bytes=True)
+        done: list[int] = []
+        with anyio.CancelScope() as scope:
+            cas.on_step = lambda n, s=scope, at=cancel_at: s.cancel() if n == at else None
+            await run_ops(hamt, done)
+        if not scope.cancel_called:
+            total_steps = cas.steps
+            assert hamt.root_node_id == final_root
+            cancel_at += 1
+            continue
+        cas.on_step = None
+
+        # Exactly the completed operations are visible; the interrupted one is either
+        # fully there or not at all.
+        before = dict(base)
+        for index in done:
+            apply(before, ops[index])
+        interrupted = ops[len(done)] if len(done) < len(ops) else None
+        after = dict(before)
+        if interrupted is not None:
+            apply(after, interrupted)
+        contents = {key: await hamt.get(key) async for key in hamt.keys()}
+        assert contents in (before, after), f"inconsistent after cancel at step {cancel_at}"
+
+        # Finish the job: re-run what is left (re-running the interrupted op as well).
+        if hamt.read_only:
+            await hamt.enable_write()
+        for key in set(contents) - set(final):
+            await hamt.delete(key)
+        for key, value in final.items():
+            if contents.get(key) != value:
+                await hamt.set(key, value)
+        await hamt.make_read_only()
+        assert hamt.root_node_id == final_root, f"cancel at step {cancel_at}"
+        cancel_at += 1
+    assert total_steps is not None and total_steps > 20
+
+
+class BlockingCAS(ContentAddressedStore):
+    """A store whose loads block their thread synchronously until released.
+
+    It stands in for an event loop thread stuck in a synchronous call (zarr's sync API
+    called from async code): the real thing cannot be paused on demand.
+    """
+
+    def __init__(self, inner: ContentAddressedStore) -> None:
+        self.inner = inner
+        self.entered = threading.Event()
+        self.release = threading.Event()
+        self.block = True
+
+    async def save(self, data: bytes, codec: Any) -> Any:
+        return await self.inner.save(data, codec)
+
+    async def load(self, id: Any, offset: Any = None, length: Any = None, suffix: Any = None) -> bytes:
+        if self.block:
+            self.entered.set()
+            self.release.wait(30)
+        return await self.inner.load(id, offset, length, suffix)
+
+
+def test_waiting_on_a_blocked_loop_raises_instead_of_hanging() -> None:
+    # Sync test: it needs two loop threads, one of them deliberately blocked.
+    inner = InMemoryCAS()
+
+    async def seed() -> Any:
+        hamt = await HAMT.build(cas=inner, values_are_bytes=True)
+        await hamt.set("a", b"1")
+        await hamt.make_read_only()
+        return hamt.root_node_id
+
+    root = anyio.run(seed)
+    cas = BlockingCAS(inner)
+    hamt = HAMT(cas=cas, root_node_id=root, values_are_bytes=True)
+
+    async def holder() -> None:
+        await hamt.set("b", b"2")  # holds the lock while its load blocks the thread
+
+    holder_thread = _run_in_thread("asyncio", holder)
+    assert cas.entered.wait(10)
+
+    async def waiter() -> float:
+        started = time.monotonic()
+        with pytest.raises(LoopBlockedError, match="to_thread"):
+            await hamt.set("c", b"3")
+        return time.monotonic() - started
+
+    elapsed = anyio.run(waiter, backend="trio")
+    assert elapsed < 5
+    cas.release.set()
+    holder_thread.join(10)
+    assert not holder_thread.errors  # type: ignore[attr-defined]
+
+    async def check() -> set[str]:
+        cas.block = False
+        return {k async for k in hamt.keys()}
+
+    assert anyio.run(check) == {"a", "b"}
+
+
+async def test_failed_node_load_reaches_every_waiter_and_is_not_cached() -> None:
+    inner = InMemoryCAS()
+    writer = await HAMT.build(cas=inner, values_are_bytes=True)
+    for i in range(200):
+        await writer.set(f"k{i}", b"v")
+    await writer.make_read_only()
+    root = writer.root_node_id
+    saved_root_block = inner.store.pop(root)
+
+    cas = SteppingCAS(inner)
+    reader = HAMT(cas=cas, root_node_id=root, read_only=True, values_are_bytes=True)
+    failures: list[BaseException] = []
+
+    async def get(i: int) -> None:
+        try:
+            await reader.get(f"k{i}")
+        except BlockNotFoundError as exc:
+            failures.append(exc)
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(get, i)
+    assert len(failures) == 20
+    assert cas.loads[root] == 1  # one load, shared by all twenty
+
+    inner.store[root] = saved_root_block
+    assert await reader.get("k3") == b"v"  # the failure was not cached
+
+
+async def test_cancelled_leader_hands_the_load_to_a_waiter() -> None:
+    inner = InMemoryCAS()
+    writer = await HAMT.build(cas=inner, values_are_bytes=True)
+    await writer.set("a", b"1")
+    await writer.make_read_only()
+    root = writer.root_node_id
+    never = anyio.Event()
+
+    class StallFirstLoad(SteppingCAS):
+        async def load(self, id: Any, *args: Any) -> bytes:
+            self.loads[id] += 1
+            if id == root and self.loads[id] == 1:
+                await never.wait()  # the leader's root load hangs until cancelled
+            return await self.inner.load(id, *args)
+
+    cas = StallFirstLoad(inner)
+    reader = HAMT(cas=cas, root_node_id=root, read_only=True, values_are_bytes=True)
+    results: list[bytes] = []
+
+    async def follower() -> None:
+        results.append(await reader.get("a"))
+
+    async with anyio.create_task_group() as tg:
+        leader_scope = anyio.CancelScope()
+
+        async def leader() -> None:
+            with leader_scope:
+                await reader.get("a")
+
+        tg.start_soon(leader)
+        while cas.loads[root] < 1:
+            await anyio.sleep(0.001)
+        tg.start_soon(follower)
+        await anyio.sleep(0.05)  # let the follower join the flight as a waiter
+        assert not results
+        leader_scope.cancel()
+    assert results == [b"1"]
+    assert cas.loads[root] == 2  # the follower ran the load itself
+
+
+async def test_cancelled_waiter_changes_nothing() -> None:
+    inner = InMemoryCAS()
+    writer = await HAMT.build(cas=inner, values_are_bytes=True)
+    await writer.set("a", b"1")
+    await writer.make_read_only()
+    root = writer.root_node_id
+    release = anyio.Event()
+
+    class Gated(SteppingCAS):
+        async def load(self, id: Any, *args: Any) -> bytes:
+            self.loads[id] += 1
+            if id == root:
+                await release.wait()
+            return await self.inner.load(id, *args)
+
+    cas = Gated(inner)
+    reader = HAMT(cas=cas, root_node_id=root, read_only=True, values_are_bytes=True)
+    results: list[bytes] = []
+
+    async def leader() -> None:
+        results.append(await reader.get("a"))
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(leader)
+        while cas.loads[root] < 1:
+            await anyio.sleep(0.001)
+        with anyio.move_on_after(0.05):
+            await reader.get("a")  # a waiter, cancelled by the timeout
+        release.set()
+    assert results == [b"1"]
+    assert cas.loads[root] == 1
