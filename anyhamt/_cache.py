@@ -27,12 +27,16 @@ class LRUCache:
         return len(self._entries)
 
     def get(self, key: Hashable) -> Any:
-        with self._mutex:
-            entry = self._entries.get(key)
-            if entry is None:
-                return None
+        # No lock: each OrderedDict call is atomic under the GIL, and an entry evicted
+        # between the two calls is simply not moved.
+        entry = self._entries.get(key)
+        if entry is None:
+            return None
+        try:
             self._entries.move_to_end(key)
-            return entry[0]
+        except KeyError:
+            pass
+        return entry[0]
 
     def put(self, key: Hashable, value: Any, nbytes: int) -> None:
         if nbytes > self.max_bytes:

@@ -253,6 +253,13 @@ def _sort_key(item: tuple[bytes, Pointer]) -> tuple[int, bytes]:
 
 
 def _encode_bucket(bucket: dict[str, Pointer]) -> bytes:
+    if len(bucket) == 1:  # the common case in a sparse node: no sorting, one join
+        for key, ptr in bucket.items():
+            kb = key.encode("utf-8")
+            kn = len(kb)
+            return b"".join(
+                (b"\xa1", _TEXT_HEAD[kn] if kn < 256 else _head(3, kn), kb, _encode_pointer(ptr))
+            )
     entries = [(key.encode("utf-8"), ptr) for key, ptr in bucket.items()]
     if len(entries) > 1:
         entries.sort(key=_sort_key)

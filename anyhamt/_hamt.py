@@ -70,15 +70,26 @@ class _WriteNode:
     """A node of the in-memory write tree.
 
     ``slots`` holds ``None``, a bucket ``dict``, a stored link ``[pointer]`` or a child
-    ``_WriteNode``. ``link`` is the id of the stored node this one equals while it is clean.
+    ``_WriteNode``; ``children`` indexes the latter so a flush need not scan 256 slots per
+    node. ``link`` is the id of the stored node this one equals while it is clean.
     """
 
-    __slots__ = ("dirty", "link", "slots")
+    __slots__ = ("children", "dirty", "link", "slots")
 
     def __init__(self, slots: list[Any], link: Pointer | None, dirty: bool) -> None:
         self.slots = slots
         self.link = link
         self.dirty = dirty
+        self.children: dict[int, _WriteNode] = {}
+
+    def attach(self, index: int, child: _WriteNode) -> None:
+        self.slots[index] = child
+        self.children[index] = child
+
+    def put(self, index: int, slot: Any) -> None:
+        """Set a slot to a bucket, a stored link or ``None``."""
+        self.slots[index] = slot
+        self.children.pop(index, None)
 
 
 def _node_cost(data_len: int, slots: list[Any]) -> int:
@@ -189,7 +200,7 @@ class HAMT:
                 while stack:
                     node = stack.pop()
                     size += _node_cost(0, node.slots)
-                    stack.extend(s for s in node.slots if type(s) is _WriteNode)
+                    stack.extend(node.children.values())
             return size
 
     async def cache_vacate(self) -> None:
@@ -206,12 +217,17 @@ class HAMT:
         if self.read_only:
             raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
         key_hash = self._hash(key)
-        data = self._encode_value(val)
+        data = val if self.values_are_bytes and type(val) is bytes else self._encode_value(val)
         pointer = await self.cas._save_id(data, "raw")
-        async with self._lock:
+        lock = self._lock
+        if not lock.try_acquire():
+            await lock.acquire()
+        try:
             if self.read_only:
                 raise ReadOnlyError("this HAMT became read-only before the write could happen")
             await self._insert(key, key_hash, pointer)
+        finally:
+            lock.release()
 
     async def set_pointer(self, key: str, pointer: Any) -> None:
         """Map ``key`` to a block that is already in the store (an id from ``cas.save``)."""
@@ -384,42 +400,38 @@ class HAMT:
     # -- internals: insert and remove (caller holds the lock) ---------------------------
 
     async def _insert(self, key: str, key_hash: bytes, pointer: Pointer) -> None:
-        node = await self._writable_root()
-        path = [node]
+        node = self._tree or await self._writable_root()
         depth = 0
+        hash_len = len(key_hash)
         while True:
-            index = self._slot(key_hash, depth, key)
+            # Nodes on the path are marked dirty on the way down. Should the insert stop
+            # early (cancelled, or a full hash), a node is at worst saved again unchanged.
+            node.dirty = True
+            if depth >= hash_len:
+                self._slot(key_hash, depth, key)  # raises HashExhaustedError
+            index = key_hash[depth]
             slot = node.slots[index]
             kind = type(slot)
-            if kind is _WriteNode:
-                node = slot
-            elif kind is list:
-                # Loading may be cancelled; nothing has changed yet.
-                child = await self._materialize(slot[0])
-                node.slots[index] = child
-                node = child
-            elif slot is None:
-                node.slots[index] = {key: pointer}
-                break
-            elif key in slot:
-                if slot[key] == pointer:
-                    return  # same value: nothing changes
-                slot[key] = pointer
-                break
-            elif len(slot) < self.max_bucket_size:
-                slot[key] = pointer
-                break
-            else:
+            if kind is dict:
+                if key in slot or len(slot) < self.max_bucket_size:
+                    slot[key] = pointer
+                    return
                 entries = dict(slot)
                 entries[key] = pointer
                 # Built aside and attached in one step, so a HashExhaustedError leaves
-                # the tree as it was.
-                node.slots[index] = self._build_subtree(entries, depth + 1)
-                break
-            path.append(node)
+                # the map as it was.
+                node.attach(index, self._build_subtree(entries, depth + 1))
+                return
+            if slot is None:
+                node.slots[index] = {key: pointer}
+                return
+            if kind is list:
+                # Loading may be cancelled; nothing has changed yet.
+                child = await self._materialize(slot[0])
+                node.attach(index, child)
+                slot = child
+            node = slot
             depth += 1
-        for changed in path:
-            changed.dirty = True
 
     def _build_subtree(self, entries: dict[str, Pointer], depth: int) -> _WriteNode:
         """A new node holding ``entries`` (more than a bucket's worth) at ``depth``."""
@@ -427,13 +439,13 @@ class HAMT:
         for key, pointer in entries.items():
             index = self._slot(self.hash_fn(key.encode("utf-8")), depth, key)
             groups.setdefault(index, {})[key] = pointer
-        slots = empty_slots()
+        node = _WriteNode(empty_slots(), None, True)
         for index, group in groups.items():
             if len(group) > self.max_bucket_size:
-                slots[index] = self._build_subtree(group, depth + 1)
+                node.attach(index, self._build_subtree(group, depth + 1))
             else:
-                slots[index] = group
-        return _WriteNode(slots, None, True)
+                node.slots[index] = group
+        return node
 
     async def _remove(self, key: str, key_hash: bytes) -> None:
         node = await self._writable_root()
@@ -449,7 +461,7 @@ class HAMT:
                 node = slot
             elif type(slot) is list:
                 child = await self._materialize(slot[0])
-                node.slots[index] = child
+                node.attach(index, child)
                 node = child
             elif slot is None or key not in slot:
                 raise KeyNotFoundError(key)
@@ -470,7 +482,7 @@ class HAMT:
             replacement = folded
             level -= 1
 
-        path[level].slots[indices[level]] = replacement or None
+        path[level].put(indices[level], replacement or None)
         for changed in path[: level + 1]:
             changed.dirty = True
 
@@ -528,22 +540,40 @@ class HAMT:
     # -- internals: flush (caller holds the lock) ------------------------------------------
 
     async def _flush_locked(self) -> None:
+        """Save the dirty nodes bottom-up, then drop the write tree.
+
+        Each node's children are saved before it, so when a node is encoded its child
+        slots can be replaced, in place, by links to them: a saved child equals its link.
+        A cancelled flush therefore leaves a valid, partly saved tree behind.
+        """
         tree = self._tree
-        if tree is not None and tree.dirty:
-            levels = _dirty_levels(tree)
-            for level in levels:
+        if tree is None:
+            await self.cas.flush()
+            return
+        saved: list[tuple[_WriteNode, int]] = []
+        if tree.dirty:
+            for level in _dirty_levels(tree):
                 for start in range(0, len(level), _FLUSH_BATCH):
                     batch = level[start : start + _FLUSH_BATCH]
-                    encoded = [encode_node(_stored_slots(node)) for node in batch]
+                    encoded = []
+                    for node in batch:
+                        slots = node.slots
+                        for index, child in node.children.items():
+                            slots[index] = [child.link]
+                        node.children = {}
+                        encoded.append(encode_node(slots))
                     links = await self.cas._save_many(encoded, "dag-cbor")
                     for node, data, link in zip(batch, encoded, links, strict=True):
                         node.link = link
                         node.dirty = False
-                        self._cache.put(link, _stored_slots(node), _node_cost(len(data), node.slots))
-        if tree is not None:
-            self._root = tree.link
-            self._tree = None
+                        saved.append((node, len(data)))
         await self.cas.flush()
+        self._root = tree.link
+        self._tree = None
+        # The tree is gone, so its nodes' slots can serve as the read cache's copies.
+        put = self._cache.put
+        for node, size in saved:
+            put(node.link, node.slots, _node_cost(size, node.slots))
 
     # -- internals: traversal -----------------------------------------------------------
 
@@ -586,33 +616,21 @@ class HAMT:
                 yield bucket
 
 
-def _stored_slots(node: _WriteNode) -> list[Any]:
-    """A write node's slots as stored: children replaced by links to their saved ids."""
-    return [[s.link] if type(s) is _WriteNode else s for s in node.slots]
-
-
 def _dirty_levels(root: _WriteNode) -> list[list[_WriteNode]]:
     """Dirty nodes grouped by height (leaves first), so children are saved before parents."""
-    heights: dict[int, int] = {}
-    order: list[_WriteNode] = []
-    stack: list[tuple[_WriteNode, bool]] = [(root, False)]
-    while stack:
-        node, expanded = stack.pop()
-        if expanded:
-            height = 0
-            for s in node.slots:
-                if type(s) is _WriteNode and s.dirty:
-                    height = max(height, heights[id(s)] + 1)
-            heights[id(node)] = height
-            order.append(node)
-            continue
-        stack.append((node, True))
-        for s in node.slots:
-            if type(s) is _WriteNode and s.dirty:
-                stack.append((s, False))
-    levels: list[list[_WriteNode]] = [[] for _ in range(max(heights.values()) + 1)]
-    for node in order:
-        levels[heights[id(node)]].append(node)
+    levels: list[list[_WriteNode]] = []
+
+    def visit(node: _WriteNode) -> int:
+        height = 0
+        for child in node.children.values():
+            if child.dirty:
+                height = max(height, visit(child) + 1)
+        if height == len(levels):
+            levels.append([])
+        levels[height].append(node)
+        return height
+
+    visit(root)  # recursion depth is the tree's depth: at most the hash length
     return levels
 
 

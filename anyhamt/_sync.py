@@ -141,6 +141,15 @@ class CrossLoopLock:
     def locked(self) -> bool:
         return self._held
 
+    def try_acquire(self) -> bool:
+        """Take the lock if nobody holds it, without yielding; True if taken."""
+        with self._mutex:
+            if self._held:
+                return False
+            self._held = True
+            self._holder_thread = threading.get_ident()
+            return True
+
     async def acquire(self) -> None:
         with self._mutex:
             if not self._held:
