@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING, Any, Final
 
 from blake3 import blake3
 
+from .._codec import Link
 from .._errors import BlockNotFoundError, InvalidIdError
 from ._base import ContentAddressedStore, slice_block
 
@@ -47,6 +48,10 @@ class InMemoryCAS(ContentAddressedStore):
     ) -> bytes:
         # docstring inherited
         if type(id) is not bytes:
+            if isinstance(id, Link):
+                raise InvalidIdError(
+                    f"InMemoryCAS ids are the bytes its save() returned, not a CID ({id})"
+                )
             if isinstance(id, (bytes, bytearray, memoryview)):
                 id = bytes(id)
             else:

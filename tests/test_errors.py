@@ -1,0 +1,166 @@
+"""Bad input gets a typed error that says what to do, and leaves the map as it was."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+import anyhamt
+from anyhamt import (
+    HAMT,
+    AnyHamtError,
+    BlockNotFoundError,
+    CorruptNodeError,
+    HashExhaustedError,
+    HashTooShortError,
+    InMemoryCAS,
+    InvalidConfigError,
+    InvalidIdError,
+    LocalCAS,
+    blake3_hashfn,
+)
+
+
+async def snapshot(hamt: HAMT) -> dict[str, Any]:
+    return {key: await hamt.get(key) async for key in hamt.keys()}
+
+
+def test_every_error_is_an_anyhamt_error_and_a_familiar_builtin() -> None:
+    assert issubclass(anyhamt.KeyNotFoundError, KeyError)
+    assert issubclass(anyhamt.ReadOnlyError, PermissionError)
+    assert issubclass(anyhamt.BlockNotFoundError, FileNotFoundError)
+    assert issubclass(anyhamt.InvalidKeyError, TypeError)
+    assert issubclass(anyhamt.InvalidConfigError, ValueError)
+    assert issubclass(anyhamt.LoopBlockedError, RuntimeError)
+    for name in anyhamt.__all__:
+        obj = getattr(anyhamt, name)
+        if isinstance(obj, type) and issubclass(obj, BaseException):
+            assert issubclass(obj, AnyHamtError), name
+
+
+@pytest.mark.parametrize("size", [0, -1])
+def test_bucket_size_below_one(size: int) -> None:
+    with pytest.raises(InvalidConfigError, match="positive"):
+        HAMT(cas=InMemoryCAS(), max_bucket_size=size)
+    with pytest.raises(ValueError):  # what py-hamt raised
+        HAMT(cas=InMemoryCAS(), max_bucket_size=size)
+
+
+def test_bucket_size_of_wrong_type() -> None:
+    with pytest.raises(InvalidConfigError, match="int"):
+        HAMT(cas=InMemoryCAS(), max_bucket_size=2.5)  # type: ignore[arg-type]
+
+
+async def test_hash_fn_returning_nothing() -> None:
+    hamt = await HAMT.build(cas=InMemoryCAS(), hash_fn=lambda data: b"", values_are_bytes=True)
+    with pytest.raises(HashTooShortError, match="at least 1 byte"):
+        await hamt.set("a", b"1")
+    assert await hamt.len() == 0
+
+
+async def test_hash_fn_returning_a_non_bytes() -> None:
+    hamt = await HAMT.build(cas=InMemoryCAS(), hash_fn=lambda data: 7, values_are_bytes=True)  # type: ignore[arg-type,return-value]
+    with pytest.raises(HashTooShortError):
+        await hamt.set("a", b"1")
+
+
+@pytest.mark.parametrize("hash_len", [1, 2])
+@pytest.mark.parametrize("bucket", [1, 3])
+async def test_more_collisions_than_a_bucket_holds(hash_len: int, bucket: int) -> None:
+    def colliding(data: bytes) -> bytes:
+        return b"\x07" * hash_len
+
+    hamt = await HAMT.build(
+        cas=InMemoryCAS(), hash_fn=colliding, max_bucket_size=bucket, values_are_bytes=True
+    )
+    for i in range(bucket):
+        await hamt.set(f"k{i}", b"v")
+    await hamt.make_read_only()
+    root = hamt.root_node_id
+    await hamt.enable_write()
+    with pytest.raises(HashExhaustedError, match="longer hash_fn or a larger"):
+        await hamt.set("one-too-many", b"v")
+    assert await snapshot(hamt) == {f"k{i}": b"v" for i in range(bucket)}
+    await hamt.set("k0", b"overwrite is fine")  # an existing key still fits
+    await hamt.set("k0", b"v")
+    await hamt.make_read_only()
+    assert hamt.root_node_id == root
+
+
+async def test_collisions_deep_in_a_real_tree() -> None:
+    """Keys sharing a 1-byte hash overflow only within their slot."""
+
+    def first_byte(data: bytes) -> bytes:
+        return blake3_hashfn(data)[:1]
+
+    hamt = await HAMT.build(cas=InMemoryCAS(), hash_fn=first_byte, values_are_bytes=True)
+    placed: dict[str, bytes] = {}
+    failures = 0
+    for i in range(3000):
+        key = f"key-{i}"
+        try:
+            await hamt.set(key, b"x")
+        except HashExhaustedError:
+            failures += 1
+        else:
+            placed[key] = b"x"
+    assert failures > 0
+    assert await snapshot(hamt) == placed
+
+
+async def test_root_id_that_does_not_exist() -> None:
+    cas = InMemoryCAS()
+    hamt = HAMT(cas=cas, root_node_id=b"\x1e\x20" + bytes(32), read_only=True)
+    with pytest.raises(BlockNotFoundError, match="another store"):
+        await hamt.get("a")
+    with pytest.raises(FileNotFoundError):
+        await hamt.len()
+
+
+async def test_root_that_is_not_a_node(tmp_path: Path) -> None:
+    async with LocalCAS(tmp_path / "b.db") as cas:
+        value = await cas.save(b"just some bytes", "raw")
+        hamt = HAMT(cas=cas, root_node_id=value, read_only=True)
+        with pytest.raises(CorruptNodeError):
+            await hamt.get("a")
+        writer = HAMT(cas=cas, root_node_id=value)
+        with pytest.raises(CorruptNodeError):
+            await writer.set("a", b"1")
+
+
+async def test_corrupt_node_inside_the_tree_leaves_the_map_unchanged() -> None:
+    cas = InMemoryCAS()
+    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+    for i in range(2000):
+        await hamt.set(f"k{i}", b"v")
+    await hamt.make_read_only()
+    root = hamt.root_node_id
+    # Replace one child node's bytes in the store with garbage.
+    child = next(
+        ptr for ptr, data in cas.store.items() if ptr != root and data.startswith(b"\x99\x01\x00")
+    )
+    cas.store[child] = b"\x99\x01\x00garbage"
+    writer = HAMT(cas=cas, root_node_id=root, values_are_bytes=True)
+    errors = 0
+    for i in range(2000):
+        try:
+            await writer.set(f"k{i}", b"changed")
+        except CorruptNodeError:
+            errors += 1
+    assert errors > 0
+    with pytest.raises(CorruptNodeError):
+        await writer.len()
+
+
+async def test_wrong_id_types_for_the_store(tmp_path: Path) -> None:
+    async with LocalCAS(tmp_path / "b.db") as local:
+        cid = await local.save(b"x", "raw")
+        memory = InMemoryCAS()
+        with pytest.raises(InvalidIdError, match="bytes its save"):
+            await HAMT(cas=memory, root_node_id=cid, read_only=True).get("a")
+        with pytest.raises(InvalidIdError, match="InMemoryCAS"):
+            await local.load(await memory.save(b"x", "raw"))
+        with pytest.raises(InvalidIdError):
+            HAMT(cas=local, root_node_id="not a cid")
