@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import threading
 from collections import OrderedDict
 from typing import TYPE_CHECKING, Any
@@ -32,10 +33,8 @@ class LRUCache:
         entry = self._entries.get(key)
         if entry is None:
             return None
-        try:
+        with contextlib.suppress(KeyError):
             self._entries.move_to_end(key)
-        except KeyError:
-            pass
         return entry[0]
 
     def put(self, key: Hashable, value: Any, nbytes: int) -> None:

@@ -240,10 +240,10 @@ def _encode_pointer(ptr: Pointer) -> bytes:
     if kind is Link:
         n = len(ptr) + 1
         head = _BYTES_HEAD[n] if n < 256 else _head(2, n)
-        return _CID_TAG + head + b"\x00" + ptr
+        return b"".join((_CID_TAG, head, b"\x00", ptr))
     if kind is bytes:
         n = len(ptr)
-        return (_BYTES_HEAD[n] if n < 256 else _head(2, n)) + ptr
+        return b"".join((_BYTES_HEAD[n] if n < 256 else _head(2, n), ptr))
     # A custom store's id: let the general codec (and its validation) handle it.
     return bytes(dag_cbor.encode(to_public(ptr)))
 

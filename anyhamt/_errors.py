@@ -17,10 +17,12 @@ the same thing, the error also subclasses it, so code written for py-hamt (which
     │   └── HashExhaustedError                         more colliding keys than a bucket holds
     ├── CorruptBlockError          (ValueError)
     │   ├── CorruptNodeError                           bytes that are not a HAMT node
-    │   └── BlockVerificationError                     bytes that do not match their CID
+    │   ├── BlockVerificationError                     bytes that do not match their CID
+    │   └── CarFormatError                             bytes that are not a readable CAR
     ├── BlockNotFoundError         (FileNotFoundError) a store has no block for an id
     ├── StoreError                                     a store failed to do its job
-    │   └── StoreClosedError                           the store was closed
+    │   ├── StoreClosedError                           the store was closed
+    │   └── KuboError                                  a Kubo RPC or gateway request failed
     └── LoopBlockedError           (RuntimeError)      waiting would deadlock an event loop
 """
 
@@ -30,6 +32,7 @@ __all__ = [
     "AnyHamtError",
     "BlockNotFoundError",
     "BlockVerificationError",
+    "CarFormatError",
     "CorruptBlockError",
     "CorruptNodeError",
     "HashError",
@@ -41,6 +44,7 @@ __all__ = [
     "InvalidRangeError",
     "InvalidValueError",
     "KeyNotFoundError",
+    "KuboError",
     "LoopBlockedError",
     "ReadOnlyError",
     "StoreClosedError",
@@ -108,6 +112,10 @@ class BlockVerificationError(CorruptBlockError):
     """A block's bytes do not hash to the CID they were fetched for."""
 
 
+class CarFormatError(CorruptBlockError):
+    """A CAR archive that is malformed, truncated or of a version anyhamt cannot read."""
+
+
 class BlockNotFoundError(AnyHamtError, FileNotFoundError):
     """The store holds no block for this id."""
 
@@ -118,6 +126,21 @@ class StoreError(AnyHamtError):
 
 class StoreClosedError(StoreError):
     """The store was used after ``aclose()``."""
+
+
+class KuboError(StoreError):
+    """A request to a Kubo RPC endpoint or an IPFS gateway failed, after any retries.
+
+    ``status_code`` is the HTTP status of the last response (``None`` when no response
+    came: a timeout or a connection failure); ``url`` is the URL of the last request.
+    """
+
+    def __init__(
+        self, message: str, *, status_code: int | None = None, url: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+        self.url = url
 
 
 class LoopBlockedError(AnyHamtError, RuntimeError):

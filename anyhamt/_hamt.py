@@ -22,7 +22,6 @@ from asyncio and from zarr's own loop, one after the other or at the same time.
 
 from __future__ import annotations
 
-import sys
 from typing import TYPE_CHECKING, Any, Final, Self, cast
 
 import dag_cbor
@@ -336,8 +335,8 @@ class HAMT:
         """The decoded slots of a stored node (shared; never mutate them)."""
         slots = self._cache.get(pointer)
         if slots is not None:
-            return cast(list[Any], slots)
-        return cast(list[Any], await self._loads.run(pointer, lambda: self._fetch_node(pointer)))
+            return cast("list[Any]", slots)
+        return cast("list[Any]", await self._loads.run(pointer, lambda: self._fetch_node(pointer)))
 
     async def _fetch_node(self, pointer: Pointer) -> list[Any]:
         data = await self.cas._load_id(pointer)
@@ -640,7 +639,3 @@ def _parse_root(value: Any) -> Pointer | None:
     if isinstance(value, str):
         return Link.parse(value)
     return from_public(value)
-
-
-if sys.version_info < (3, 12):  # pragma: no cover
-    raise ImportError("anyhamt needs Python 3.12 or newer")

@@ -252,7 +252,9 @@ class SingleFlight:
             # Promoted: the previous leader was cancelled, this task runs the load now.
         return await self._lead(key, flight, load)
 
-    async def _lead(self, key: Hashable, flight: _Flight, load: Callable[[], Awaitable[Any]]) -> Any:
+    async def _lead(
+        self, key: Hashable, flight: _Flight, load: Callable[[], Awaitable[Any]]
+    ) -> Any:
         try:
             result = await load()
         except anyio.get_cancelled_exc_class():
@@ -277,7 +279,9 @@ class SingleFlight:
         if self._flights.get(key) is flight:
             del self._flights[key]
 
-    def _settle(self, key: Hashable, flight: _Flight, result: Any, error: BaseException | None) -> None:
+    def _settle(
+        self, key: Hashable, flight: _Flight, result: Any, error: BaseException | None
+    ) -> None:
         with self._mutex:
             flight.settled = True
             flight.result = result

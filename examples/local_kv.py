@@ -68,8 +68,16 @@ def main() -> None:
     root = anyio.run(write, args.store, args.keys, backend="asyncio")
     # A fresh process: nothing survives but the store file and the root CID.
     subprocess.run(
-        [sys.executable, __file__, "--store", str(args.store), "--keys", str(args.keys),
-         "--read-root", root],
+        [
+            sys.executable,
+            __file__,
+            "--store",
+            str(args.store),
+            "--keys",
+            str(args.keys),
+            "--read-root",
+            root,
+        ],
         check=True,
     )
     print(f"root CID: {root}")

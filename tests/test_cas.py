@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from blake3 import blake3
 
 from anyhamt import InMemoryCAS, LocalCAS
 from anyhamt.testing import ContentAddressedStoreTests
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator
+    from pathlib import Path
 
 
 class TestInMemoryCAS(ContentAddressedStoreTests):

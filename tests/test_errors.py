@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import pytest
 
@@ -21,6 +20,9 @@ from anyhamt import (
     LocalCAS,
     blake3_hashfn,
 )
+
+if TYPE_CHECKING:
+    from pathlib import Path
 
 
 async def snapshot(hamt: HAMT) -> dict[str, Any]:

@@ -142,8 +142,9 @@ async def test_reopen_from_root_in_read_only_and_write_mode() -> None:
     cas = InMemoryCAS()
     items = {f"key-{i}": bytes([i % 256]) * 3 for i in range(300)}
     hamt = await build_map(cas, items)
-    reader = await HAMT.build(cas=cas, root_node_id=hamt.root_node_id, read_only=True,
-                              values_are_bytes=True)
+    reader = await HAMT.build(
+        cas=cas, root_node_id=hamt.root_node_id, read_only=True, values_are_bytes=True
+    )
     assert await reader.len() == 300
     for key, value in items.items():
         assert await reader.get(key) == value
@@ -291,8 +292,13 @@ async def test_read_cache_is_bounded() -> None:
     cas = InMemoryCAS()
     hamt = await build_map(cas, {f"k{i}": b"v" for i in range(5000)})
     budget = 64 * 1024
-    reader = HAMT(cas=cas, root_node_id=hamt.root_node_id, read_only=True,
-                  values_are_bytes=True, cache_bytes=budget)
+    reader = HAMT(
+        cas=cas,
+        root_node_id=hamt.root_node_id,
+        read_only=True,
+        values_are_bytes=True,
+        cache_bytes=budget,
+    )
     for i in range(5000):
         assert await reader.get(f"k{i}") == b"v"
     assert 0 < await reader.cache_size() <= budget

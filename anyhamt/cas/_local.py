@@ -39,7 +39,9 @@ def default_store_path() -> Path:
     home = os.environ.get("ANYHAMT_HOME")
     if home:
         return Path(home) / "blocks.sqlite3"
-    data = os.environ.get("XDG_DATA_HOME") or os.path.join(os.path.expanduser("~"), ".local", "share")
+    data = os.environ.get("XDG_DATA_HOME") or os.path.join(
+        os.path.expanduser("~"), ".local", "share"
+    )
     return Path(data) / "anyhamt" / "blocks.sqlite3"
 
 
@@ -116,7 +118,8 @@ class _Database:
             if version > _SCHEMA_VERSION:
                 conn.close()
                 raise StoreError(
-                    f"{self.path} was written by a newer anyhamt (format {version}); upgrade anyhamt"
+                    f"{self.path} was written by a newer anyhamt (format {version}); "
+                    "upgrade anyhamt"
                 )
             return conn
         raise StoreError(f"{self.path} stayed locked by another process; try again")
@@ -143,7 +146,11 @@ class _Database:
                 if data is not None:
                     return data, False
             try:
-                row = self.reader().execute("SELECT data FROM blocks WHERE cid = ?", (link,)).fetchone()
+                row = (
+                    self.reader()
+                    .execute("SELECT data FROM blocks WHERE cid = ?", (link,))
+                    .fetchone()
+                )
             except sqlite3.Error as exc:
                 raise StoreError(f"cannot read block store {self.path}: {exc}") from exc
         return (row[0], True) if row else (None, False)
@@ -157,7 +164,9 @@ class _Database:
         self.pending_bytes = 0
         if self._thread is None:
             self._thread = threading.Thread(
-                target=self._write_queued, name=f"anyhamt-sqlite-writer:{self.path.name}", daemon=True
+                target=self._write_queued,
+                name=f"anyhamt-sqlite-writer:{self.path.name}",
+                daemon=True,
             )
             self._thread.start()
         self.changed.notify_all()
@@ -186,8 +195,10 @@ class _Database:
                     writer = self._connect()
                 _write_batch(writer, batch)
             except (sqlite3.Error, StoreError) as exc:
-                failure = exc if isinstance(exc, StoreError) else StoreError(
-                    f"cannot write to block store {self.path}: {exc}"
+                failure = (
+                    exc
+                    if isinstance(exc, StoreError)
+                    else StoreError(f"cannot write to block store {self.path}: {exc}")
                 )
             with self.changed:
                 self.committing.pop(0)

@@ -66,8 +66,9 @@ class InMemoryCAS(ContentAddressedStore):
             ) from None
         return slice_block(data, offset, length, suffix)
 
+    # The public methods already use the internal id form; skip a wrapper on the hot path.
     _save_id = save
-    _load_id = load
+    _load_id = load  # type: ignore[assignment]  # same signature, parameter named `id`
 
     async def _save_many(
         self, blocks: Sequence[bytes], codec: ContentAddressedStore.CodecInput
