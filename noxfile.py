@@ -30,7 +30,7 @@ def tests(session: nox.Session) -> None:
 @nox.session(python=PYTHONS[-1])
 def examples(session: nox.Session) -> None:
     """Run every example end to end against a throwaway local store."""
-    session.install("-e", ".")
+    session.install("-e", ".[trio]")
     tmp = session.create_tmp()
     session.run("python", "examples/local_kv.py", "--store", os.path.join(tmp, "ex.sqlite3"))
 
