@@ -489,37 +489,20 @@ class HAMT:
         self, node: _WriteNode, index: int, replacement: Any
     ) -> dict[str, Pointer] | None:
         """All entries of ``node`` (with slot ``index`` replaced) if they fit one bucket."""
-        limit = self.max_bucket_size
-        slots = node.slots
-        # Every child subtree holds at least one key, so count those first; in a
-        # canonical tree any child already puts the node over the limit.
+        slots = list(node.slots)
+        slots[index] = replacement
+        return await self._collect(slots, self.max_bucket_size)
+
+    async def _collect(self, slots: list[Any], limit: int) -> dict[str, Pointer] | None:
+        """Every entry under ``slots``, or ``None`` as soon as there are more than ``limit``."""
+        # Every child subtree holds at least one key, so count before loading anything: in
+        # a canonical tree any child already puts a node over the limit.
         count = 0
-        for i, slot in enumerate(slots):
-            if i == index:
-                slot = replacement
+        for slot in slots:
             if slot:
                 count += len(slot) if type(slot) is dict else 1
         if count > limit:
             return None
-        entries: dict[str, Pointer] = {}
-        for i, slot in enumerate(slots):
-            if i == index:
-                slot = replacement
-            if not slot:
-                continue
-            if type(slot) is dict:
-                entries.update(slot)
-            else:
-                child = slot.slots if type(slot) is _WriteNode else await self._load_node(slot[0])
-                collected = await self._collect(child, limit - len(entries))
-                if collected is None:
-                    return None
-                entries.update(collected)
-            if len(entries) > limit:
-                return None
-        return entries
-
-    async def _collect(self, slots: list[Any], limit: int) -> dict[str, Pointer] | None:
         entries: dict[str, Pointer] = {}
         for slot in slots:
             if not slot:
