@@ -58,6 +58,8 @@ _ENTRY_OVERHEAD: Final = 160
 _FLUSH_BATCH: Final = 1024
 # Node loads in flight while walking the tree for keys()/len().
 _WALK_CONCURRENCY: Final = 32
+# "Not found in the cache" (None is a valid pointer for a custom store).
+_MISS: Final[Any] = object()
 
 
 def blake3_hashfn(input_bytes: bytes) -> bytes:
@@ -254,7 +256,11 @@ class HAMT:
         suffix: int | None = None,
     ) -> Any:
         """The value of ``key`` (or a byte range of it); ``KeyNotFoundError`` if absent."""
-        pointer = await self._get_pointer(key)
+        pointer = _MISS
+        if self.read_only and self._tree is None:
+            pointer = self._find_cached(key, self._hash(key))
+        if pointer is _MISS:
+            pointer = await self._get_pointer(key)
         data = await self.cas._load_id(pointer, offset, length, suffix)
         if self.values_are_bytes:
             return data
@@ -374,6 +380,25 @@ class HAMT:
                 if slot is None or key not in slot:
                     raise KeyNotFoundError(key)
                 return slot[key]
+
+    def _find_cached(self, key: str, key_hash: bytes) -> Pointer:
+        """The lookup of a read-only HAMT without awaiting: ``_MISS`` if a node is not cached."""
+        cache_get = self._cache.get
+        pointer = self._root
+        for byte in key_hash:
+            slots = cache_get(pointer)
+            if slots is None:
+                return _MISS
+            slot = slots[byte]
+            if slot is None:
+                raise KeyNotFoundError(key)
+            if type(slot) is dict:
+                try:
+                    return slot[key]
+                except KeyError:
+                    raise KeyNotFoundError(key) from None
+            pointer = slot[0]
+        raise KeyNotFoundError(key)
 
     async def _lookup_stored(
         self, key: str, key_hash: bytes, pointer: Pointer, depth: int

@@ -6,6 +6,13 @@ under the py-hamt venv's, so it imports each library only inside the code for th
 
     python benchmarks/_worker.py --lib anyhamt --store memory --size 20000 [--backend trio]
     python benchmarks/_worker.py --lib py-hamt --store memory --size 20000
+    python benchmarks/_worker.py --lib py-hamt --store local --size 20000
+
+``--store local`` is anyhamt's ``LocalCAS`` (one SQLite file in a temp directory) for both
+libraries. py-hamt has no local store of its own, so its HAMT gets ``LocalCAS`` through an
+adapter that subclasses py-hamt's ``ContentAddressedStore`` and forwards ``save``/``load`` to
+LocalCAS's public API (CIDs in and out, the kind of ids py-hamt gets from Kubo); that needs
+anyhamt installed in py-hamt's venv, which ``run_core.py`` arranges.
 
 The phases, in order, all in this process and on the same store:
 
@@ -61,11 +68,21 @@ class CheckFailed(Exception):
 
 
 def yielding_anyhamt_store(inner: Any) -> Any:
-    import anyio.lowlevel
+    import sniffio
 
     import anyhamt
 
-    checkpoint = anyio.lowlevel.checkpoint
+    # The backend's own yield, as py-hamt's wrapper uses asyncio's: the wrapper stands in
+    # for a network store, and its cost should not be anyio's dispatch on one side only.
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        checkpoint = trio.lowlevel.checkpoint
+    else:
+        import asyncio
+
+        async def checkpoint() -> None:
+            await asyncio.sleep(0)
 
     class YieldingCAS(anyhamt.ContentAddressedStore):
         """Forwards to ``inner`` after a checkpoint, as a network store would yield."""
@@ -136,6 +153,36 @@ def yielding_pyhamt_store(inner: Any) -> Any:
     return YieldingCAS(inner)
 
 
+def pyhamt_local_store(path: str, read_only: bool = False) -> Any:
+    """anyhamt's ``LocalCAS`` behind py-hamt's store interface, via LocalCAS's public API."""
+    import py_hamt
+
+    import anyhamt
+
+    class LocalCASForPyHamt(py_hamt.ContentAddressedStore):
+        """Forwards py-hamt's ``save``/``load`` to a ``LocalCAS``: CIDs out, CIDs in."""
+
+        def __init__(self, inner: Any) -> None:
+            self.inner = inner
+
+        async def save(self, data: bytes, codec: Any) -> Any:
+            return await self.inner.save(data, codec)
+
+        async def load(
+            self,
+            id: Any,
+            offset: int | None = None,
+            length: int | None = None,
+            suffix: int | None = None,
+        ) -> bytes:
+            return await self.inner.load(id, offset, length, suffix)
+
+        async def aclose(self) -> None:
+            await self.inner.aclose()
+
+    return LocalCASForPyHamt(anyhamt.LocalCAS(path, read_only=read_only))
+
+
 # -- the workload -----------------------------------------------------------------------
 
 
@@ -176,23 +223,24 @@ class Workload:
             import py_hamt
 
             return py_hamt.InMemoryCAS()
-        if args.lib != "anyhamt":
-            raise SystemExit("py-hamt has no local store; the runner uses its memory figures")
-        import anyhamt
-
-        self.tmpdir = tempfile.mkdtemp(prefix="anyhamt-bench-", dir=args.tmpdir)
+        self.tmpdir = tempfile.mkdtemp(prefix=f"{args.lib}-bench-", dir=args.tmpdir)
         self.db_path = os.path.join(self.tmpdir, "blocks.sqlite3")
-        return anyhamt.LocalCAS(self.db_path)
+        return self.open_local(read_only=False)
+
+    def open_local(self, read_only: bool) -> Any:
+        if self.args.lib == "anyhamt":
+            import anyhamt
+
+            return anyhamt.LocalCAS(self.db_path, read_only=read_only)
+        return pyhamt_local_store(self.db_path, read_only=read_only)
 
     async def reopen_store(self, cas: Any) -> Any:
         """The store the read phases use: the same dict, or the SQLite file reopened."""
         if self.args.store == "memory":
             return cas
-        import anyhamt
-
         await cas.aclose()
         self.results["db_bytes"] = self._db_bytes()
-        return anyhamt.LocalCAS(self.db_path, read_only=True)
+        return self.open_local(read_only=True)
 
     def _db_bytes(self) -> int:
         assert self.tmpdir is not None
@@ -334,6 +382,8 @@ def main() -> int:
         "python_impl": platform.python_implementation(),
         "executable": sys.executable,
         "lib_version": _version("anyhamt" if args.lib == "anyhamt" else "py-hamt"),
+        # The store's library, for py-hamt on LocalCAS.
+        "store_lib_version": _version("anyhamt") if args.store == "local" else None,
         "anyio_version": _version("anyio"),
         "trio_version": _version("trio") if args.backend == "trio" else None,
     }

@@ -5,9 +5,13 @@
 
 anyhamt runs under this interpreter; py-hamt runs under a Python 3.12 venv that this script
 creates on first use at ``${ANYHAMT_BENCH_VENV:-~/.cache/anyhamt/bench-pyhamt-venv}``
-(``pip install py-hamt==3.6.0 psutil``). Every (library, store, size, backend) workload runs
-in a fresh process (``_worker.py``), so each peak RSS belongs to one workload. The markdown
-table goes to stdout and to ``--out``. See benchmarks/README.md.
+(``pip install py-hamt==3.6.0 psutil``). For the ``local`` store, py-hamt's HAMT runs on
+anyhamt's ``LocalCAS``, so this checkout is also installed into that venv, editable and
+without touching py-hamt's pinned dependencies (``pip install --no-deps -e``; any anyhamt
+dependency the venv lacks is added with every installed package pinned as a constraint).
+Every (library, store, size, backend) workload runs in a fresh process (``_worker.py``), so
+each peak RSS belongs to one workload. The markdown table goes to stdout and to ``--out``.
+See benchmarks/README.md.
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ import hashlib
 import json
 import os
 import platform
+import re
 import shlex
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from importlib import metadata
 from pathlib import Path
@@ -147,6 +153,126 @@ def ensure_pyhamt_venv() -> str:
     if not _venv_ready(python):
         raise SystemExit(f"{venv} still lacks py-hamt=={PYHAMT_VERSION} after pip install")
     return str(python)
+
+
+# Run in the py-hamt venv: what it knows of anyhamt (installed from where, importable from
+# where) and of anyhamt's runtime requirements (missing or not satisfied).
+_ANYHAMT_PROBE = r"""
+import json, re, sys
+from importlib import metadata
+
+out = {"pyhamt": None, "version": None, "url": None, "editable": False, "file": None,
+       "import_error": None, "missing": [], "unsatisfied": []}
+try:
+    out["pyhamt"] = metadata.version("py-hamt")
+except metadata.PackageNotFoundError:
+    pass
+try:
+    dist = metadata.distribution("anyhamt")
+except metadata.PackageNotFoundError:
+    dist = None
+if dist is not None:
+    out["version"] = dist.version
+    direct = dist.read_text("direct_url.json")
+    if direct:
+        info = json.loads(direct)
+        out["url"] = info.get("url")
+        out["editable"] = bool(info.get("dir_info", {}).get("editable"))
+    try:
+        from packaging.requirements import Requirement
+    except ImportError:
+        from pip._vendor.packaging.requirements import Requirement
+    for text in dist.requires or []:
+        req = Requirement(text)
+        if req.marker is not None and not req.marker.evaluate({"extra": ""}):
+            continue  # an optional extra
+        try:
+            have = metadata.version(req.name)
+        except metadata.PackageNotFoundError:
+            out["missing"].append(str(req))
+            continue
+        if not req.specifier.contains(have, prereleases=True):
+            out["unsatisfied"].append(f"{req} (have {have})")
+    try:
+        import anyhamt
+        out["file"] = anyhamt.__file__
+    except Exception as exc:
+        out["import_error"] = repr(exc)
+print(json.dumps(out))
+"""
+
+
+def _probe_anyhamt(python: str) -> dict[str, Any]:
+    out = subprocess.run(
+        [python, "-c", _ANYHAMT_PROBE],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd="/",  # so the checkout is not importable merely by being the working directory
+        env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"},
+    )
+    if out.returncode != 0:
+        raise SystemExit(f"probing anyhamt in {python} failed: {out.stderr.strip()[-2000:]}")
+    probe: dict[str, Any] = json.loads(out.stdout.strip().splitlines()[-1])
+    return probe
+
+
+def _anyhamt_from_here(probe: dict[str, Any]) -> bool:
+    if not (probe["editable"] and probe["url"] == REPO.as_uri() and probe["file"]):
+        return False
+    return Path(probe["file"]).resolve().is_relative_to(REPO / "anyhamt")
+
+
+def _pip(python: str, *args: str) -> None:
+    cmd = [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", *args]
+    log("  $ " + shlex.join(cmd))
+    subprocess.run(cmd, check=True, cwd="/")
+
+
+def ensure_anyhamt_in_venv(python: str) -> dict[str, Any]:
+    """Make this checkout's anyhamt importable in the py-hamt venv, leaving its pins alone.
+
+    Installs editable with ``--no-deps`` (again when the venv's anyhamt points elsewhere,
+    e.g. another checkout); installs a missing anyhamt dependency with every package already
+    in the venv pinned as a constraint; refuses if an installed one is too old for anyhamt.
+    """
+    probe = _probe_anyhamt(python)
+    if not _anyhamt_from_here(probe):
+        was = probe["url"] or probe["file"] or "not installed"
+        log(f"installing anyhamt from {REPO} into the py-hamt venv (was: {was})")
+        _pip(python, "--no-deps", "--force-reinstall", "-e", str(REPO))
+        probe = _probe_anyhamt(python)
+    if probe["missing"]:
+        log(f"adding anyhamt's missing dependencies to the py-hamt venv: {probe['missing']}")
+        freeze = subprocess.run(
+            [python, "-m", "pip", "freeze", "--exclude-editable", "--disable-pip-version-check"],
+            capture_output=True,
+            text=True,
+            check=True,
+            cwd="/",
+        ).stdout
+        pins = [line for line in freeze.splitlines() if re.match(r"^[A-Za-z0-9._-]+==", line)]
+        with tempfile.NamedTemporaryFile("w", suffix=".txt", delete=False) as f:
+            f.write("\n".join(pins) + "\n")
+            constraints = f.name
+        try:
+            _pip(python, "-c", constraints, *probe["missing"])
+        finally:
+            os.unlink(constraints)
+        probe = _probe_anyhamt(python)
+    if probe["unsatisfied"] or probe["missing"]:
+        raise SystemExit(
+            f"the py-hamt venv ({python}) cannot run anyhamt without changing py-hamt's pins: "
+            f"missing {probe['missing']}, too old {probe['unsatisfied']}"
+        )
+    if probe["pyhamt"] != PYHAMT_VERSION:
+        raise SystemExit(f"py-hamt in {python} is {probe['pyhamt']}, expected {PYHAMT_VERSION}")
+    if not _anyhamt_from_here(probe):
+        raise SystemExit(
+            f"anyhamt in {python} does not import from {REPO}: "
+            f"{probe['import_error'] or probe['file'] or probe['url']}"
+        )
+    return probe
 
 
 # -- machine and source info --------------------------------------------------------------
@@ -343,10 +469,16 @@ def render(
         f"{info['digest_start']}) on {any_info.get('python_impl', '')} "
         f"{any_info.get('python', '?')}, anyio {any_info.get('anyio_version', '?')}{trio_v}"
     )
+    py_local = (
+        f"; its local rows on anyhamt {info['pyhamt_anyhamt']} `LocalCAS` (editable install "
+        "of this checkout in that venv)"
+        if info.get("pyhamt_anyhamt")
+        else ""
+    )
     add(
         f"- py-hamt {py_info.get('lib_version', '?')} on {py_info.get('python_impl', '')} "
         f"{py_info.get('python', '?')}, anyio {py_info.get('anyio_version', '?')} "
-        f"(`{info['pyhamt_python']}`)"
+        f"(`{info['pyhamt_python']}`){py_local}"
     )
     add(
         f"- workload: N keys `key-{{i}}`, 100-byte random values (seed {args.seed}, the same "
@@ -379,7 +511,7 @@ def render(
     failures: list[str] = []
     for store in stores:
         for n in sizes:
-            base = results.get(("py-hamt", "memory", n, "asyncio"))
+            base = results.get(("py-hamt", store, n, "asyncio"))
             mine = results.get(("anyhamt", store, n, "asyncio"))
             mine_trio = results.get(("anyhamt", store, n, "trio")) if trio else None
             for res in (base, mine, mine_trio):
@@ -396,69 +528,76 @@ def render(
                     tr_s, tr_v = cell(mine_trio, key, kind)
                     row += [tr_s, ratio(tr_v, py_v)]
                 add("| " + " | ".join(row) + " |")
-            if store == "memory":
-                roots = {"py-hamt": base, "anyhamt": mine}
-                if trio:
-                    roots["anyhamt (trio)"] = mine_trio
-                hexes = {
-                    k: (r or {}).get("root") if (r or {}).get("ok") else None
-                    for k, r in roots.items()
-                }
-                present = [h for h in hexes.values() if h]
-                if len(present) == len(hexes):
-                    same = len(set(present)) == 1
-                    verdict = "identical" if same else "**DIFFERENT**"
-                    if not same:
-                        ok = False
-                else:
-                    verdict = "n/a"
+            # Wire compatibility: both libraries must reach the same root id.
+            roots = {"py-hamt": base, "anyhamt": mine}
+            if trio:
+                roots["anyhamt (trio)"] = mine_trio
+            hexes = {
+                k: (r or {}).get("root") if (r or {}).get("ok") else None for k, r in roots.items()
+            }
+            present = [h for h in hexes.values() if h]
+            if len(present) == len(hexes):
+                same = len(set(present)) == 1
+                verdict = "identical" if same else "**DIFFERENT**"
+                if not same:
                     ok = False
+                    failures.append(f"{store} N={n}: root ids differ: {hexes}")
+            else:
+                verdict = "n/a"
+                ok = False
+                failures.append(f"{store} N={n}: root ids missing: {hexes}")
 
-                def short(h: str | None) -> str:
-                    return f"`{h[:16]}…`" if h else "n/a"
+            def short(h: str | None) -> str:
+                return f"`{h[:16]}…`" if h else "n/a"
 
-                row = [
-                    store_label,
-                    f"{n:,}",
-                    "root id (wire compat)",
-                    short(hexes["py-hamt"]),
-                    short(hexes["anyhamt"]),
-                    verdict,
-                ]
-                if trio:
-                    row += [short(hexes["anyhamt (trio)"]), verdict]
-                add("| " + " | ".join(row) + " |")
-                for name, h in hexes.items():
-                    root_notes.append(f"  - N={n:,} {name}: `{h}`")
+            row = [
+                store_label,
+                f"{n:,}",
+                "root id (wire compat)",
+                short(hexes["py-hamt"]),
+                short(hexes["anyhamt"]),
+                verdict,
+            ]
+            if trio:
+                row += [short(hexes["anyhamt (trio)"]), verdict]
+            add("| " + " | ".join(row) + " |")
+            for name, h in hexes.items():
+                root_notes.append(f"  - {store} N={n:,} {name}: `{h}`")
 
     add("")
     add(
-        "Ratio = anyhamt / py-hamt. For per-second rows higher is better; for seconds and "
-        "RSS rows lower is better. Every value read is compared with the value written inside "
-        "the timed loops (same code for both libraries); keys() output is checked for every key "
-        'exactly once. "Cold cache": each read phase builds a new read-only HAMT on the root, '
+        "Ratio = anyhamt / py-hamt, both on the same kind of store. For per-second rows "
+        "higher is better; for seconds and RSS rows lower is better. Every value read is "
+        "compared with the value written inside the timed loops (same code for both "
+        "libraries); keys() output is checked for every key exactly once. "
+        '"Cold cache": each read phase builds a new read-only HAMT on the root, '
         "so its node cache starts empty. The concurrent phase reads through a wrapper store that "
         "subclasses each library's `ContentAddressedStore` and yields to the event loop before "
         "every load (`asyncio.sleep(0)` for py-hamt, `anyio.lowlevel.checkpoint()` for anyhamt). "
         "Peak RSS is `ru_maxrss` of the worker process at the end (all phases); it includes "
         "the interpreter, the imports (py-hamt's package imports zarr and numpy), the "
-        f"{100} x N-byte value buffer and the in-memory store's blocks."
+        f"{100} x N-byte value buffer and, for the memory store, the store's blocks."
     )
     add("")
     if "local" in stores:
         add(
-            "¹ local rows: anyhamt on `LocalCAS` (one SQLite file in a temp directory; the "
-            "writer is closed after make_read_only and the read phases reopen the file "
-            "read-only, so every node and value comes from SQLite and is hashed against its "
-            "CID). **py-hamt has no local store, so the py-hamt column of the local rows "
-            "repeats py-hamt's in-memory (`InMemoryCAS`) figures for the same N** (the very "
-            "run shown in the memory rows): the baseline is py-hamt in memory, not on disk."
+            "¹ local rows: both libraries on anyhamt's `LocalCAS`, each on its own SQLite file "
+            "in a temp directory; the writer is closed after make_read_only and the read "
+            "phases reopen the file read-only, so every node and value comes from SQLite and "
+            "is hashed against its CID. py-hamt has no local store, so its HAMT gets `LocalCAS` "
+            "through an adapter subclassing py-hamt's `ContentAddressedStore` that forwards "
+            "`save`/`load` to LocalCAS's public API: `save` returns a `multiformats.CID` and "
+            "`load` takes one, the same kind of ids py-hamt gets from Kubo (anyhamt installed "
+            "editable, `--no-deps`, in py-hamt's venv; py-hamt's pins untouched). anyhamt uses "
+            "`LocalCAS` directly, including its internal id fast path. In the concurrent phase "
+            "the yielding wrapper sits on top of each library's store (for py-hamt, on top of "
+            "the adapter). py-hamt's local RSS includes importing anyhamt as well."
         )
         add("")
     if root_notes:
         add(
-            "Root ids (memory store; raw blake3 multihash bytes, as both `InMemoryCAS`es "
-            "return them):"
+            "Root ids (memory store: raw blake3 multihash bytes, as both `InMemoryCAS`es "
+            "return them; local store: CIDv1, as `LocalCAS` returns them to both libraries):"
         )
         add("")
         lines.extend(root_notes)
@@ -468,13 +607,10 @@ def render(
     targets: list[tuple[str, str, float | None, float, bool]] = []
 
     def metric(lib: str, store: str, n: int, key: str, backend: str = "asyncio") -> float | None:
-        if lib == "py-hamt":
-            store = "memory"
         r = results.get((lib, store, n, backend))
         return r.get(key) if r and r.get("ok") else None
 
     for store in stores:
-        suffix = " (vs py-hamt memory)" if store == "local" else ""
         for n, tput, get in ((200_000, 10.0, 5.0), (20_000, 5.0, 5.0)):
             if n not in sizes:
                 continue
@@ -487,7 +623,7 @@ def render(
                 r = a / b if a is not None and b else None
                 targets.append(
                     (
-                        f"{store}{suffix}, N={n:,}: {label} >= {floor:g}x py-hamt",
+                        f"{store}, N={n:,}: {label} >= {floor:g}x py-hamt",
                         f"{r:.2f}x" if r else "n/a",
                         r,
                         floor,
@@ -502,7 +638,7 @@ def render(
             r = a / b if a is not None and b else None
             targets.append(
                 (
-                    f"{store}{suffix}, N=200,000: anyhamt peak RSS <= 0.5x py-hamt's",
+                    f"{store}, N=200,000: anyhamt peak RSS <= 0.5x py-hamt's",
                     f"{r:.2f}x" if r else "n/a",
                     r,
                     0.5,
@@ -578,6 +714,8 @@ def main() -> int:
         parser.error("--backend trio needs trio installed in this interpreter")
 
     pyhamt_python = args.pyhamt_python or ensure_pyhamt_venv()
+    # py-hamt's local rows run its HAMT on anyhamt's LocalCAS: this checkout, in its venv.
+    pyhamt_anyhamt = ensure_anyhamt_in_venv(pyhamt_python) if "local" in stores else None
 
     started = time.perf_counter()
     git = _git("rev-parse", "--short", "HEAD") or "unknown"
@@ -596,15 +734,15 @@ def main() -> int:
         "git": git,
         "digest_start": _source_digest(),
         "pyhamt_python": pyhamt_python,
+        "pyhamt_anyhamt": pyhamt_anyhamt["version"] if pyhamt_anyhamt else None,
         "trio_version": _dist_version("trio"),
         "command": shlex.join(["python", os.path.relpath(__file__, Path.cwd()), *sys.argv[1:]]),
     }
 
-    # The py-hamt column of the local rows is its memory run, so py-hamt runs on memory only.
     plan: list[tuple[str, str, int, str]] = []
     for n in sizes:
-        plan.append(("py-hamt", "memory", n, "asyncio"))
         for store in stores:
+            plan.append(("py-hamt", store, n, "asyncio"))
             for backend in backends:
                 plan.append(("anyhamt", store, n, backend))
     runs: dict[tuple[str, str, int, str], list[dict[str, Any]]] = {cell: [] for cell in plan}
