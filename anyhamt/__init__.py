@@ -7,6 +7,7 @@ from ._codec import Link as Link
 from ._errors import AnyHamtError as AnyHamtError
 from ._errors import BlockNotFoundError as BlockNotFoundError
 from ._errors import BlockVerificationError as BlockVerificationError
+from ._errors import CarFormatError as CarFormatError
 from ._errors import CorruptBlockError as CorruptBlockError
 from ._errors import CorruptNodeError as CorruptNodeError
 from ._errors import HashError as HashError
@@ -18,6 +19,7 @@ from ._errors import InvalidKeyError as InvalidKeyError
 from ._errors import InvalidRangeError as InvalidRangeError
 from ._errors import InvalidValueError as InvalidValueError
 from ._errors import KeyNotFoundError as KeyNotFoundError
+from ._errors import KuboError as KuboError
 from ._errors import LoopBlockedError as LoopBlockedError
 from ._errors import ReadOnlyError as ReadOnlyError
 from ._errors import StoreClosedError as StoreClosedError
@@ -26,18 +28,22 @@ from ._hamt import HAMT as HAMT
 from ._hamt import blake3_hashfn as blake3_hashfn
 from .cas import ContentAddressedStore as ContentAddressedStore
 from .cas import InMemoryCAS as InMemoryCAS
+from .cas import KuboCAS as KuboCAS
 from .cas import LocalCAS as LocalCAS
+from .cas import export_car as export_car
+from .cas import import_car as import_car
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "HAMT",
     "AnyHamtError",
     "BlockNotFoundError",
     "BlockVerificationError",
+    "CarFormatError",
     "ContentAddressedStore",
     "CorruptBlockError",
     "CorruptNodeError",
+    "HAMT",
     "HashError",
     "HashExhaustedError",
     "HashTooShortError",
@@ -48,6 +54,8 @@ __all__ = [
     "InvalidRangeError",
     "InvalidValueError",
     "KeyNotFoundError",
+    "KuboCAS",
+    "KuboError",
     "Link",
     "LocalCAS",
     "LoopBlockedError",
@@ -55,4 +63,6 @@ __all__ = [
     "StoreClosedError",
     "StoreError",
     "blake3_hashfn",
+    "export_car",
+    "import_car",
 ]

@@ -49,7 +49,8 @@ def _free_loopback_port() -> int:
     # test machine that race is rare enough, and start() reports it clearly if it happens.
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
         s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        port: int = s.getsockname()[1]
+        return port
 
 
 class KuboDaemonError(RuntimeError):

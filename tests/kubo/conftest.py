@@ -3,11 +3,16 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from typing import TYPE_CHECKING
 
 import pytest
 
+from anyhamt import KuboCAS
+
 from ._daemon import KuboDaemon, find_kubo_binary
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
 
 
 def _on_ci() -> bool:
@@ -44,10 +49,19 @@ def kubo_daemon(kubo_binary: str) -> Iterator[KuboDaemon]:
 
 @pytest.fixture
 def fresh_kubo_daemon(kubo_binary: str) -> Iterator[KuboDaemon]:
-    """A daemon of the test's own, with an empty repo, free to stop() and start()."""
+    """A daemon of the test's own, on a new repo, free to stop() and start()."""
     daemon = KuboDaemon(kubo_binary)
     try:
         daemon.start()
         yield daemon
     finally:
         daemon.close()
+
+
+@pytest.fixture
+async def kubo_cas(kubo_daemon: KuboDaemon) -> AsyncIterator[KuboCAS]:
+    """A KuboCAS on the shared daemon, closed after the test (on the test's loop)."""
+    async with KuboCAS(
+        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
+    ) as cas:
+        yield cas

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import base64
 import os
+from typing import TYPE_CHECKING
 
 import blake3
 import httpx
 import pytest
 
-from ._daemon import KuboDaemon
+if TYPE_CHECKING:
+    from ._daemon import KuboDaemon
+
+pytestmark = pytest.mark.kubo
 
 ADD_PARAMS = {
     "hash": "blake3",
@@ -31,7 +35,8 @@ def add(daemon: KuboDaemon, data: bytes) -> str:
         f"{daemon.rpc_url}/api/v0/add", params=ADD_PARAMS, files={"file": data}, timeout=30
     )
     response.raise_for_status()
-    return response.json()["Hash"]
+    cid: str = response.json()["Hash"]
+    return cid
 
 
 def block_get(daemon: KuboDaemon, cid: str) -> httpx.Response:
@@ -85,9 +90,7 @@ def test_unknown_block_fails_fast_instead_of_searching_the_network(
     # Offline, Kubo must answer from the local repo only; a hang here would mean it is
     # trying to reach peers. The short timeout turns a hang into a failure.
     cid = raw_blake3_cid(os.urandom(32))
-    response = httpx.post(
-        f"{kubo_daemon.rpc_url}/api/v0/block/get", params={"arg": cid}, timeout=5
-    )
+    response = httpx.post(f"{kubo_daemon.rpc_url}/api/v0/block/get", params={"arg": cid}, timeout=5)
     assert response.status_code == 500
     assert "not found" in response.json()["Message"]
     gateway = httpx.get(f"{kubo_daemon.gateway_url}/ipfs/{cid}?format=raw", timeout=5)

@@ -1,0 +1,240 @@
+"""Just enough dag-pb and UnixFS to build and read files the way Kubo's ``add`` does.
+
+py-hamt saves every value through Kubo's ``/api/v0/add`` (``chunker=size-1048576``, CIDv1,
+raw leaves). A value up to the chunk size comes back as one raw block; a larger one as a
+UnixFS file: a balanced tree of dag-pb nodes (at most 174 links each) over raw leaves.
+Building that tree here gives anyhamt the same CIDs without asking Kubo, so big values can
+be batched like any other block, and lets reads of such a value fetch and verify every
+block instead of trusting a gateway's reassembly.
+
+Only what ``add`` produces for files is covered: dag-pb nodes whose UnixFS data says
+"file", with leaves that are raw blocks or dag-pb nodes carrying their bytes inline.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Final, NamedTuple
+
+from .._codec import DAG_PB, RAW, Link
+from .._errors import CorruptBlockError
+
+if TYPE_CHECKING:
+    from collections.abc import Callable, Iterator
+
+__all__ = [
+    "MAX_LINKS",
+    "PBNode",
+    "UnixFSData",
+    "build_file",
+    "decode_pb_node",
+    "decode_unixfs_data",
+    "encode_file_node",
+]
+
+# Kubo's balanced layout puts at most this many links in a node (boxo's DefaultLinksPerBlock).
+MAX_LINKS: Final = 174
+
+_UNIXFS_RAW: Final = 0
+_UNIXFS_FILE: Final = 2
+
+# protobuf wire types
+_VARINT: Final = 0
+_LEN: Final = 2
+
+
+def _varint(n: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = n & 0x7F
+        n >>= 7
+        if n:
+            out.append(byte | 0x80)
+        else:
+            out.append(byte)
+            return bytes(out)
+
+
+def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+    result = shift = 0
+    while True:
+        if pos >= len(buf) or shift > 63:
+            raise CorruptBlockError("protobuf varint runs past the end of the block")
+        byte = buf[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if not byte & 0x80:
+            return result, pos
+        shift += 7
+
+
+def _field(number: int, wire_type: int) -> bytes:
+    return _varint(number << 3 | wire_type)
+
+
+def _len_field(number: int, payload: bytes) -> bytes:
+    return _field(number, _LEN) + _varint(len(payload)) + payload
+
+
+def _iter_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
+    """(field number, value) pairs; varints as ints, length-delimited fields as bytes."""
+    pos = 0
+    while pos < len(buf):
+        key, pos = _read_varint(buf, pos)
+        number, wire_type = key >> 3, key & 7
+        if wire_type == _VARINT:
+            value, pos = _read_varint(buf, pos)
+            yield number, value
+        elif wire_type == _LEN:
+            size, pos = _read_varint(buf, pos)
+            if pos + size > len(buf):
+                raise CorruptBlockError("protobuf field runs past the end of the block")
+            yield number, buf[pos : pos + size]
+            pos += size
+        else:
+            raise CorruptBlockError(f"unsupported protobuf wire type {wire_type} in dag-pb")
+
+
+# ---------------------------------------------------------------------------------------
+# Encoding
+
+
+def encode_file_node(children: list[tuple[Link, int, int]]) -> bytes:
+    """A UnixFS file node over ``children``: (CID, cumulative block size, file bytes) each.
+
+    Field order follows the dag-pb spec (links, then data); within UnixFS data: type,
+    filesize, one blocksizes entry per child, as Kubo writes them.
+    """
+    unixfs = bytearray(_field(1, _VARINT) + _varint(_UNIXFS_FILE))
+    unixfs += _field(3, _VARINT) + _varint(sum(size for _, _, size in children))
+    for _, _, size in children:
+        unixfs += _field(4, _VARINT) + _varint(size)
+    out = bytearray()
+    for link, tsize, _ in children:
+        pb_link = _len_field(1, link) + _len_field(2, b"") + _field(3, _VARINT) + _varint(tsize)
+        out += _len_field(2, pb_link)
+    out += _len_field(1, bytes(unixfs))
+    return bytes(out)
+
+
+def build_file(
+    data: bytes, chunk_size: int, make_link: Callable[[int, bytes], Link]
+) -> tuple[Link, list[tuple[Link, int, bytes]]]:
+    """Chunk ``data`` and build Kubo's balanced UnixFS DAG over raw leaves.
+
+    Returns the root CID and every block as (CID, codec, bytes), leaves first within each
+    subtree. ``data`` of at most ``chunk_size`` bytes is a single raw block.
+    ``make_link(codec, block)`` names a block (it chooses the hash function).
+    """
+    blocks: list[tuple[Link, int, bytes]] = []
+    starts = range(0, max(len(data), 1), chunk_size)  # an empty file is one empty leaf
+    next_chunk = 0
+
+    def leaf() -> tuple[Link, int, int]:
+        nonlocal next_chunk
+        start = starts[next_chunk]
+        next_chunk += 1
+        chunk = data[start : start + chunk_size]
+        link = make_link(RAW, chunk)
+        blocks.append((link, RAW, chunk))
+        return link, len(chunk), len(chunk)
+
+    def node(children: list[tuple[Link, int, int]]) -> tuple[Link, int, int]:
+        encoded = encode_file_node(children)
+        link = make_link(DAG_PB, encoded)
+        blocks.append((link, DAG_PB, encoded))
+        tsize = len(encoded) + sum(t for _, t, _ in children)
+        return link, tsize, sum(size for _, _, size in children)
+
+    def fill(children: list[tuple[Link, int, int]], depth: int) -> tuple[Link, int, int]:
+        # Add subtrees of depth - 1 until the node is full or the data ends.
+        while len(children) < MAX_LINKS and next_chunk < len(starts):
+            children.append(leaf() if depth == 1 else fill([], depth - 1))
+        return node(children)
+
+    # As Kubo's balanced builder: start from one leaf; while data remains, put the (full)
+    # tree under a new root one level deeper and fill that root's other slots.
+    root = leaf()
+    depth = 1
+    while next_chunk < len(starts):
+        root = fill([root], depth)
+        depth += 1
+    return root[0], blocks
+
+
+# ---------------------------------------------------------------------------------------
+# Decoding
+
+
+class PBNode(NamedTuple):
+    links: list[tuple[Link, int]]  # (CID, Tsize)
+    data: bytes | None
+
+
+class UnixFSData(NamedTuple):
+    type: int
+    data: bytes
+    filesize: int | None
+    blocksizes: list[int]
+
+
+def _link_from_pb(hash_bytes: bytes) -> Link:
+    if hash_bytes[:1] == b"\x01":
+        return Link(hash_bytes)
+    if hash_bytes[:2] == b"\x12\x20" and len(hash_bytes) == 34:
+        # A CIDv0 is a bare sha2-256 multihash of a dag-pb block.
+        return Link(b"\x01" + bytes([DAG_PB]) + hash_bytes)
+    raise CorruptBlockError("dag-pb link whose Hash is not a CID")
+
+
+def decode_pb_node(block: bytes) -> PBNode:
+    """Decode a dag-pb block into its links and data."""
+    links: list[tuple[Link, int]] = []
+    data: bytes | None = None
+    for number, value in _iter_fields(block):
+        if number == 2 and isinstance(value, bytes):
+            link: Link | None = None
+            tsize = 0
+            for lnum, lval in _iter_fields(value):
+                if lnum == 1 and isinstance(lval, bytes):
+                    link = _link_from_pb(lval)
+                elif lnum == 3 and isinstance(lval, int):
+                    tsize = lval
+            if link is None:
+                raise CorruptBlockError("dag-pb link without a Hash")
+            links.append((link, tsize))
+        elif number == 1 and isinstance(value, bytes):
+            data = value
+        else:
+            raise CorruptBlockError(f"unexpected field {number} in a dag-pb node")
+    return PBNode(links, data)
+
+
+def decode_unixfs_data(data: bytes | None) -> UnixFSData:
+    """Decode the UnixFS message in a dag-pb node's data."""
+    if data is None:
+        raise CorruptBlockError("dag-pb node without UnixFS data")
+    kind: int | None = None
+    payload = b""
+    filesize: int | None = None
+    blocksizes: list[int] = []
+    for number, value in _iter_fields(data):
+        if number == 1 and isinstance(value, int):
+            kind = value
+        elif number == 2 and isinstance(value, bytes):
+            payload = value
+        elif number == 3 and isinstance(value, int):
+            filesize = value
+        elif number == 4 and isinstance(value, int):
+            blocksizes.append(value)
+        elif number == 4 and isinstance(value, bytes):  # a packed encoding, if ever used
+            pos = 0
+            while pos < len(value):
+                size, pos = _read_varint(value, pos)
+                blocksizes.append(size)
+    if kind is None:
+        raise CorruptBlockError("UnixFS data without a type")
+    if kind not in (_UNIXFS_RAW, _UNIXFS_FILE):
+        raise CorruptBlockError(
+            f"UnixFS node of type {kind} is not a file; only files can be read as values"
+        )
+    return UnixFSData(kind, payload, filesize, blocksizes)

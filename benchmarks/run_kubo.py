@@ -1,0 +1,238 @@
+"""anyhamt's KuboCAS against py-hamt 3.6.0's, on one real Kubo daemon, in one run.
+
+    python benchmarks/run_kubo.py [--keys 20000] [--concurrency 64] [--json out.json]
+
+Starts a throwaway offline Kubo (tests/kubo/_daemon.py; the binary from
+scripts/install-kubo.sh), then runs each library in a fresh process of its own: anyhamt on
+asyncio and on trio in this interpreter, py-hamt in its venv (tests/_pyhamt.py finds or
+creates it). Each worker, against the same daemon:
+
+1. write: ``keys`` inserts of 100-byte values, then ``make_read_only()``;
+2. cold read: a new store and a new read-only HAMT on the root, ``get`` every key in order;
+3. concurrent: another new store and HAMT, ``concurrency`` tasks ``get`` every key.
+
+Values differ between libraries (a per-library seed) so that neither finds the other's
+blocks already stored. Every value read is compared with the value written.
+This file is also the worker (``--worker LIB``); at top level it imports only the stdlib,
+so py-hamt's interpreter can run it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+VALUE_SIZE = 100
+
+
+def _values(n: int, seed: str) -> dict[str, bytes]:
+    rng = random.Random(seed)
+    return {f"key-{i}": rng.randbytes(VALUE_SIZE) for i in range(n)}
+
+
+# -- workers ----------------------------------------------------------------------------
+
+
+async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int) -> dict[str, Any]:
+    import anyio
+    import sniffio
+
+    from anyhamt import HAMT, KuboCAS
+
+    values = _values(n, f"anyhamt-{sniffio.current_async_library()}")
+    result: dict[str, Any] = {}
+    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
+        start = time.perf_counter()
+        hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+        for key, value in values.items():
+            await hamt.set(key, value)
+        await hamt.make_read_only()
+        result["write_s"] = time.perf_counter() - start
+        root = hamt.root_node_id
+    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
+        start = time.perf_counter()
+        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
+        for key, value in values.items():
+            if await reader.get(key) != value:
+                raise SystemExit(f"wrong value for {key}")
+        result["cold_read_s"] = time.perf_counter() - start
+    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway, concurrency=concurrency) as cas:
+        start = time.perf_counter()
+        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
+        keys = iter(values)
+
+        async def worker() -> None:
+            for key in keys:
+                if await reader.get(key) != values[key]:
+                    raise SystemExit(f"wrong value for {key}")
+
+        async with anyio.create_task_group() as tg:
+            for _ in range(concurrency):
+                tg.start_soon(worker)
+        result["concurrent_read_s"] = time.perf_counter() - start
+    result["root"] = str(root)
+    return result
+
+
+async def _pyhamt(rpc: str, gateway: str, n: int, concurrency: int) -> dict[str, Any]:
+    import asyncio
+
+    from py_hamt import HAMT, KuboCAS
+
+    values = _values(n, "py-hamt")
+    result: dict[str, Any] = {}
+    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
+        start = time.perf_counter()
+        hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+        for key, value in values.items():
+            await hamt.set(key, value)
+        await hamt.make_read_only()
+        result["write_s"] = time.perf_counter() - start
+        root = hamt.root_node_id
+    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
+        start = time.perf_counter()
+        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
+        for key, value in values.items():
+            if await reader.get(key) != value:
+                raise SystemExit(f"wrong value for {key}")
+        result["cold_read_s"] = time.perf_counter() - start
+    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway, concurrency=concurrency) as cas:
+        start = time.perf_counter()
+        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
+        keys = iter(values)
+
+        async def worker() -> None:
+            for key in keys:
+                if await reader.get(key) != values[key]:
+                    raise SystemExit(f"wrong value for {key}")
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        result["concurrent_read_s"] = time.perf_counter() - start
+    result["root"] = str(root)
+    return result
+
+
+def _worker(args: argparse.Namespace) -> None:
+    if args.worker == "py-hamt":
+        import asyncio
+
+        result = asyncio.run(_pyhamt(args.rpc, args.gateway, args.keys, args.concurrency))
+    else:
+        import anyio
+
+        result = anyio.run(
+            _anyhamt, args.rpc, args.gateway, args.keys, args.concurrency, backend=args.backend
+        )
+    print(json.dumps(result))
+
+
+# -- orchestration ----------------------------------------------------------------------
+
+
+def _run_worker(
+    python: str, lib: str, backend: str, daemon: Any, args: argparse.Namespace
+) -> dict[str, Any]:
+    command = [
+        python, "-W", "ignore", __file__, "--worker", lib, "--backend", backend,
+        "--rpc", daemon.rpc_url, "--gateway", daemon.gateway_url,
+        "--keys", str(args.keys), "--concurrency", str(args.concurrency),
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
+    if done.returncode != 0:
+        raise SystemExit(f"{lib} worker failed:\n{done.stderr}")
+    result: dict[str, Any] = json.loads(done.stdout.strip().splitlines()[-1])
+    result.update(lib=lib, backend=backend)
+    return result
+
+
+def _warm_up(daemon: Any, n: int) -> None:
+    """Store ``n`` throwaway blocks first: a new repo creates its block-store directories
+    on first use, which would otherwise slow down whichever library runs first."""
+    import httpx
+
+    rng = random.Random("warm-up")
+    with httpx.Client(timeout=120) as client:
+        for _ in range(0, n, 1000):
+            files = [("file", ("b", rng.randbytes(VALUE_SIZE))) for _ in range(1000)]
+            client.post(
+                f"{daemon.rpc_url}/api/v0/block/put",
+                params={"cid-codec": "raw", "mhtype": "blake3", "pin": "false"},
+                files=files,
+            ).raise_for_status()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--keys", type=int, default=20_000)
+    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--skip-pyhamt", action="store_true")
+    parser.add_argument("--worker", choices=("anyhamt", "py-hamt"), help=argparse.SUPPRESS)
+    parser.add_argument("--backend", default="asyncio", help=argparse.SUPPRESS)
+    parser.add_argument("--rpc", help=argparse.SUPPRESS)
+    parser.add_argument("--gateway", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.worker:
+        _worker(args)
+        return
+
+    sys.path[:0] = [str(ROOT), str(ROOT / "tests")]
+    from _pyhamt import pyhamt_python
+
+    from tests.kubo._daemon import KuboDaemon, find_kubo_binary
+
+    binary = find_kubo_binary()
+    if binary is None:
+        raise SystemExit("no Kubo binary: run scripts/install-kubo.sh")
+    runs = [(sys.executable, "anyhamt", "asyncio"), (sys.executable, "anyhamt", "trio")]
+    if not args.skip_pyhamt:
+        python = pyhamt_python()
+        if python is None:
+            raise SystemExit("py-hamt 3.6.0 is not available (see tests/_pyhamt.py)")
+        runs.append((python, "py-hamt", "asyncio"))
+    results = []
+    with KuboDaemon(binary) as daemon:
+        _warm_up(daemon, args.keys)
+        for python, lib, backend in runs:
+            print(f"running {lib} ({backend}) ...", file=sys.stderr, flush=True)
+            results.append(_run_worker(python, lib, backend, daemon, args))
+
+    n = args.keys
+    print(f"\n{n} keys, {VALUE_SIZE}-byte values, one offline Kubo {daemon.binary}\n")
+    way = f"{args.concurrency}-way get"
+    header = f"{'library':<22}{'write+flush':>15}{'cold read':>15}{way:>15}"
+    print(header)
+    print("-" * len(header))
+    for r in results:
+        name = f"{r['lib']} ({r['backend']})"
+        print(
+            f"{name:<22}{n / r['write_s']:>9.0f} key/s{n / r['cold_read_s']:>9.0f} key/s"
+            f"{n / r['concurrent_read_s']:>9.0f} key/s"
+        )
+    base = next((r for r in results if r["lib"] == "py-hamt"), None)
+    if base is not None:
+        print()
+        for r in results:
+            if r is base:
+                continue
+            name = f"{r['lib']} ({r['backend']})"
+            print(
+                f"{name} vs py-hamt: write x{base['write_s'] / r['write_s']:.1f}, "
+                f"cold read x{base['cold_read_s'] / r['cold_read_s']:.1f}, "
+                f"concurrent x{base['concurrent_read_s'] / r['concurrent_read_s']:.1f}"
+            )
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    main()
