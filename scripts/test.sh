@@ -15,5 +15,8 @@ if [ ! -x .venv-nox/bin/nox ]; then
     .venv-nox/bin/python -m pip install --quiet --disable-pip-version-check "nox>=2025.2.9"
 fi
 rm -rf .reports
-.venv-nox/bin/nox --sessions "${@:-tests examples}"
+if [ $# -eq 0 ]; then
+    set -- tests examples
+fi
+.venv-nox/bin/nox --sessions "$@"
 "$PYTHON" scripts/summarize_junit.py .reports/*.xml
