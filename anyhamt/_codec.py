@@ -28,6 +28,7 @@ from multiformats import CID
 
 from ._errors import (
     BlockVerificationError,
+    CorruptBlockError,
     CorruptNodeError,
     InvalidConfigError,
     InvalidIdError,
@@ -46,8 +47,10 @@ __all__ = [
     "Pointer",
     "codec_code",
     "decode_node",
+    "decode_varint",
     "empty_slots",
     "encode_node",
+    "encode_varint",
     "from_public",
     "make_link",
     "to_public",
@@ -78,14 +81,14 @@ class Link(bytes):
 
     @property
     def codec(self) -> int:
-        code, _ = _read_varint(self, 1)
+        code, _ = decode_varint(self, 1)
         return code
 
     def multihash(self) -> tuple[int, bytes]:
         """The multihash function code and digest."""
-        _, pos = _read_varint(self, 1)
-        fn, pos = _read_varint(self, pos)
-        size, pos = _read_varint(self, pos)
+        _, pos = decode_varint(self, 1)
+        fn, pos = decode_varint(self, pos)
+        size, pos = decode_varint(self, pos)
         return fn, bytes(self[pos : pos + size])
 
     def to_cid(self) -> CID:
@@ -132,7 +135,7 @@ def make_link(codec: int, data: bytes) -> Link:
     """The CIDv1 (blake3, 32 bytes) that Kubo gives ``data`` saved with ``codec``."""
     prefix = _PREFIXES.get(codec)
     if prefix is None:
-        prefix = bytes([0x01, *_varint(codec), BLAKE3, 32])
+        prefix = bytes([0x01, *encode_varint(codec), BLAKE3, 32])
     return Link(prefix + blake3(data).digest())
 
 
@@ -179,7 +182,8 @@ def from_public(value: Any) -> Pointer:
 # CBOR heads
 
 
-def _varint(n: int) -> bytes:
+def encode_varint(n: int) -> bytes:
+    """An unsigned LEB128 varint (multiformats, CAR sections, protobuf)."""
     out = bytearray()
     while True:
         byte = n & 0x7F
@@ -191,9 +195,15 @@ def _varint(n: int) -> bytes:
             return bytes(out)
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
+def decode_varint(
+    buf: bytes, pos: int, error: type[Exception] = CorruptBlockError
+) -> tuple[int, int]:
+    """The varint at ``buf[pos:]`` and the position after it; ``error`` if it is cut off."""
     result = shift = 0
+    size = len(buf)
     while True:
+        if pos >= size or shift > 63:
+            raise error("a varint runs past the end of its bytes")
         byte = buf[pos]
         pos += 1
         result |= (byte & 0x7F) << shift

@@ -50,6 +50,25 @@ async def test_export_then_import_into_another_store_gives_the_same_root(tmp_pat
         assert await hamt.len() == 400
 
 
+async def test_values_stored_as_unixfs_files_travel_whole(tmp_path: Path) -> None:
+    """A value over one chunk is several blocks; the CAR must carry every one of them."""
+    big = os.urandom(2 * 1024 * 1024 + 99)
+    async with LocalCAS(tmp_path / "a.sqlite3") as source, LocalCAS(tmp_path / "b.sqlite3") as dest:
+        hamt = await HAMT.build(cas=source, values_are_bytes=True)
+        await hamt.set("big", big)
+        await hamt.set("small", b"s")
+        await hamt.make_read_only()
+        pointer = await hamt.get_pointer("big")
+        assert pointer.codec.name == "dag-pb"
+        buffer = io.BytesIO()
+        count = await export_car(source, hamt.root_node_id, buffer)
+        assert count == sum(1 for _ in source.links())  # root node, small value, file blocks
+        roots = await import_car(dest, buffer.getvalue())
+        again = await HAMT.build(cas=dest, root_node_id=roots[0], values_are_bytes=True)
+        assert await again.get("big") == big
+        assert await again.get("big", offset=1024 * 1024 - 3, length=6) == big[1048573:1048579]
+
+
 async def test_car_layout_is_header_then_root_first(tmp_path: Path) -> None:
     async with LocalCAS(tmp_path / "a.sqlite3") as source:
         root = await build(source, 50)

@@ -34,7 +34,7 @@ def slice_block(
             raise InvalidRangeError("give either offset/length or suffix, not both")
         if suffix < 0:
             raise InvalidRangeError(f"suffix must be >= 0, got {suffix}")
-        return data[len(data) - suffix :] if suffix else b""
+        return data[max(len(data) - suffix, 0) :] if suffix else b""
     if offset is None:
         offset = 0
     if offset < 0 or (length is not None and length < 0):
@@ -85,9 +85,9 @@ class ContentAddressedStore(ABC):
     async def pin_update(self, old_id: Any, new_id: Any, target_rpc: str) -> None:
         """Move a pin from one root to another (a no-op for stores without pins)."""
 
-    async def pin_ls(self, target_rpc: str) -> list[dict[str, Any]]:
-        """List pins (empty for stores without pins)."""
-        return []
+    async def pin_ls(self, target_rpc: str) -> dict[str, dict[str, Any]]:
+        """Pins by CID text, as Kubo lists them (empty for stores without pins)."""
+        return {}
 
     async def flush(self) -> None:
         """Make every block saved so far durable. Stores that write through do nothing."""

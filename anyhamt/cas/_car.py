@@ -18,7 +18,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO, Final
 import dag_cbor
 from multiformats import CID
 
-from .._codec import DAG_CBOR, DAG_PB, RAW, Link, decode_node, from_public, verify_block
+from .._codec import (
+    DAG_CBOR,
+    DAG_PB,
+    RAW,
+    Link,
+    decode_node,
+    decode_varint,
+    encode_varint,
+    from_public,
+    verify_block,
+)
 from .._errors import CarFormatError, CorruptBlockError, InvalidIdError
 from .._tasks import map_bounded
 from ._local import as_link
@@ -35,18 +45,6 @@ _CARV2_PRAGMA: Final = bytes.fromhex("0aa16776657273696f6e02")
 # Blocks fetched at once while exporting; bounds memory to a window per tree level.
 _EXPORT_WINDOW: Final = 32
 _MAX_SECTION: Final = 64 * 2**20
-
-
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
 
 
 def _read_varint_stream(stream: BinaryIO) -> int | None:
@@ -75,31 +73,18 @@ def _read_exact(stream: BinaryIO, n: int) -> bytes:
     return data
 
 
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf):
-            raise CarFormatError("CID runs past the end of its CAR section")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _split_section(section: bytes) -> tuple[Link, bytes]:
     """A section's CID and block bytes."""
     if section[:2] == b"\x12\x20":  # CIDv0: a bare sha2-256 multihash, dag-pb
         if len(section) < 34:
             raise CarFormatError("CAR section shorter than its CIDv0")
         return Link(bytes([0x01, DAG_PB]) + section[:34]), section[34:]
-    version, pos = _read_varint(section, 0)
+    version, pos = decode_varint(section, 0, CarFormatError)
     if version != 1:
         raise CarFormatError(f"CAR section with a CID of version {version}")
-    _, pos = _read_varint(section, pos)  # codec
-    _, pos = _read_varint(section, pos)  # multihash function
-    size, pos = _read_varint(section, pos)
+    _, pos = decode_varint(section, pos, CarFormatError)  # codec
+    _, pos = decode_varint(section, pos, CarFormatError)  # multihash function
+    size, pos = decode_varint(section, pos, CarFormatError)
     end = pos + size
     if end > len(section):
         raise CarFormatError("CAR section shorter than its CID")
@@ -109,11 +94,11 @@ def _split_section(section: bytes) -> tuple[Link, bytes]:
 def write_car_header(roots: Sequence[Link]) -> bytes:
     """The CARv1 header naming ``roots``."""
     header = bytes(dag_cbor.encode({"roots": [r.to_cid() for r in roots], "version": 1}))
-    return _varint(len(header)) + header
+    return encode_varint(len(header)) + header
 
 
 def _encode_section(link: Link, data: bytes) -> bytes:
-    return _varint(len(link) + len(data)) + link + data
+    return encode_varint(len(link) + len(data)) + link + data
 
 
 def read_car(source: BinaryIO | bytes) -> tuple[list[Link], Iterator[tuple[Link, bytes]]]:
@@ -127,7 +112,7 @@ def read_car(source: BinaryIO | bytes) -> tuple[list[Link], Iterator[tuple[Link,
     if size is None:
         raise CarFormatError("empty CAR file")
     header_bytes = _read_exact(stream, size)
-    if _varint(size) + header_bytes == _CARV2_PRAGMA:
+    if encode_varint(size) + header_bytes == _CARV2_PRAGMA:
         # CARv2: a fixed header (characteristics, data offset, data size, index offset)
         # around a CARv1 payload.
         fixed = _read_exact(stream, 40)

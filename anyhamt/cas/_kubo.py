@@ -48,7 +48,6 @@ from .._codec import DAG_CBOR, DAG_PB, RAW, Link, codec_code, make_link, verify_
 from .._errors import (
     BlockNotFoundError,
     BlockVerificationError,
-    CorruptBlockError,
     InvalidConfigError,
     InvalidRangeError,
     KuboError,
@@ -56,7 +55,7 @@ from .._errors import (
 from .._tasks import map_bounded
 from ._base import ContentAddressedStore, slice_block
 from ._local import as_link
-from ._unixfs import build_file, decode_pb_node, decode_unixfs_data
+from ._unixfs import build_file, read_file
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -970,7 +969,9 @@ class KuboCAS(ContentAddressedStore):
         if pending is not None:
             return _slice(pending.data, offset, length, suffix)
         if self.verify:
-            data = await (self._read_file(link) if link.codec == DAG_PB else self._fetch(link))
+            data = await (
+                read_file(link, self._block) if link.codec == DAG_PB else self._fetch(link)
+            )
             return _slice(data, offset, length, suffix)
         return await self._fetch(link, offset, length, suffix, ranged=True)
 
@@ -978,23 +979,6 @@ class KuboCAS(ContentAddressedStore):
         """The raw bytes of one block, always verified; for a dag-pb CID the encoded node,
         not the file it heads (``load`` gives the file). Cancellation: nothing happens."""
         return await self._block(as_link(id))
-
-    async def _read_file(self, link: Link) -> bytes:
-        """A UnixFS file's bytes, every block fetched raw and verified."""
-        node = decode_pb_node(await self._block(link))
-        unixfs = decode_unixfs_data(node.data)
-        if not node.links:
-            return unixfs.data
-
-        async def child(sub: Link) -> bytes:
-            if sub.codec == RAW:
-                return await self._block(sub)
-            if sub.codec == DAG_PB:
-                return await self._read_file(sub)
-            raise CorruptBlockError(f"UnixFS file {link} links to a block of codec 0x{sub.codec:x}")
-
-        parts = await map_bounded(child, [sub for sub, _ in node.links], 8)
-        return unixfs.data + b"".join(parts)
 
     async def _block(self, link: Link) -> bytes:
         pending = self._pending.get(link)
@@ -1161,15 +1145,16 @@ class KuboCAS(ContentAddressedStore):
         params = [("arg", str(as_link(old_id))), ("arg", str(as_link(new_id)))]
         await self._rpc("pin/update", params, target_rpc)
 
-    async def pin_ls(self, target_rpc: str | None = None) -> list[dict[str, Any]]:
-        """Every pin: ``[{"Cid": "bafy…", "Type": "recursive" | "direct" | "indirect"}, …]``.
+    async def pin_ls(self, target_rpc: str | None = None) -> dict[str, dict[str, Any]]:
+        """Every pin, as Kubo's ``Keys`` map: ``{"bafy…": {"Type": "recursive"}, …}``.
 
-        Cancellation: nothing happens.
+        This is the shape py-hamt returned (its annotation said list), so ``str(cid) in
+        await cas.pin_ls()`` keeps working. Cancellation: nothing happens.
         """
         response = await self._rpc("pin/ls", {"stream": "true"}, target_rpc)
-        pins: list[dict[str, Any]] = []
+        pins: dict[str, dict[str, Any]] = {}
         for line in response.content.splitlines():
             if line.strip():
                 entry = json.loads(line)
-                pins.append({"Cid": entry["Cid"], "Type": entry["Type"]})
+                pins[entry["Cid"]] = {"Type": entry["Type"]}
         return pins

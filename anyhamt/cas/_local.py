@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Final
 import anyio
 from multiformats import CID
 
-from .._codec import Link, codec_code, make_link, verify_block
+from .._codec import DAG_PB, Link, codec_code, make_link, verify_block
 from .._errors import (
     BlockNotFoundError,
     InvalidConfigError,
@@ -23,6 +23,7 @@ from .._errors import (
     StoreError,
 )
 from ._base import ContentAddressedStore, slice_block
+from ._unixfs import build_file, read_file
 
 if TYPE_CHECKING:
     from collections.abc import Iterator, Sequence
@@ -273,6 +274,9 @@ class LocalCAS(ContentAddressedStore):
       the store without ``aclose()`` still commits at garbage collection or exit.
     * **Verified reads.** Every block read from disk is hashed and compared with its CID;
       a mismatch raises ``BlockVerificationError``.
+    * **Big values.** A value larger than ``chunk_size`` (1 MiB, Kubo's default chunker) is
+      stored as the UnixFS file ``ipfs add`` would make of it, so its CID is Kubo's and
+      py-hamt's too; ``load`` reassembles it from verified blocks.
     * **Concurrency.** One instance may be shared by tasks on any event loop and thread;
       several processes may open the same file (SQLite locks it). Commits run in a writer
       thread, so neither the event loop nor the saving task waits for the disk.
@@ -286,14 +290,16 @@ class LocalCAS(ContentAddressedStore):
         verify: bool = True,
         batch_blocks: int = 8192,
         batch_bytes: int = 64 * 2**20,
+        chunk_size: int = 1024 * 1024,
     ) -> None:
-        if batch_blocks < 1 or batch_bytes < 1:
-            raise InvalidConfigError("batch_blocks and batch_bytes must be positive")
+        if batch_blocks < 1 or batch_bytes < 1 or chunk_size < 1:
+            raise InvalidConfigError("batch_blocks, batch_bytes and chunk_size must be positive")
         self.path = Path(path) if path is not None else default_store_path()
         self.read_only = read_only
         self.verify = verify
         self.batch_blocks = batch_blocks
         self.batch_bytes = batch_bytes
+        self.chunk_size = chunk_size
         self._db = _Database(self.path, read_only)
         self._finalizer = weakref.finalize(self, self._db.close)
 
@@ -352,6 +358,11 @@ class LocalCAS(ContentAddressedStore):
         """Every block id in the store (unordered)."""
         return self._db.iter_links()
 
+    async def get_block(self, id: Any) -> bytes:
+        """The bytes of one block, verified; for a dag-pb CID the node itself, not the file
+        it heads (``load`` gives the file)."""
+        return await self._block(as_link(id))
+
     async def put_block(self, id: Any, data: bytes) -> None:
         """Store a block under a CID that was computed elsewhere (CAR import), after checking it."""
         link = as_link(id)
@@ -361,9 +372,19 @@ class LocalCAS(ContentAddressedStore):
     # -- internal fast protocol ---------------------------------------------------------
 
     async def _save_id(self, data: bytes, codec: ContentAddressedStore.CodecInput) -> Link:
-        link = make_link(codec_code(codec), data)
+        code = codec_code(codec)
+        if len(data) > self.chunk_size:
+            return await self._save_file(bytes(data))
+        link = make_link(code, data)
         await self._add(link, bytes(data))
         return link
+
+    async def _save_file(self, data: bytes) -> Link:
+        # What Kubo's add (and so py-hamt) makes of a value over one chunk: a UnixFS file.
+        root, blocks = build_file(data, self.chunk_size, make_link)
+        for link, _, block in blocks:
+            await self._add(link, block)
+        return root
 
     async def _add(self, link: Link, data: bytes) -> None:
         if self.read_only:
@@ -393,12 +414,19 @@ class LocalCAS(ContentAddressedStore):
         suffix: int | None = None,
     ) -> bytes:
         link = ptr if type(ptr) is Link else as_link(ptr)
+        if link.codec == DAG_PB:
+            data = await read_file(link, self._block)
+        else:
+            data = await self._block(link)
+        return slice_block(data, offset, length, suffix)
+
+    async def _block(self, link: Link) -> bytes:
         data, from_disk = self._db.lookup(link)
         if data is None:
             raise BlockNotFoundError(f"{link} is not in {self!r}")
         if from_disk and self.verify:
             verify_block(link, data)
-        return slice_block(data, offset, length, suffix)
+        return data
 
     async def _save_many(
         self, blocks: Sequence[bytes], codec: ContentAddressedStore.CodecInput
@@ -406,6 +434,9 @@ class LocalCAS(ContentAddressedStore):
         code = codec_code(codec)
         links = []
         for data in blocks:
+            if len(data) > self.chunk_size:
+                links.append(await self._save_file(bytes(data)))
+                continue
             link = make_link(code, data)
             await self._add(link, bytes(data))
             links.append(link)

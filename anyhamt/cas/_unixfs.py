@@ -15,11 +15,11 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Final, NamedTuple
 
-from .._codec import DAG_PB, RAW, Link
+from .._codec import DAG_PB, RAW, Link, decode_varint, encode_varint
 from .._errors import CorruptBlockError
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Iterator
+    from collections.abc import Awaitable, Callable, Iterator
 
 __all__ = [
     "MAX_LINKS",
@@ -29,6 +29,7 @@ __all__ = [
     "decode_pb_node",
     "decode_unixfs_data",
     "encode_file_node",
+    "read_file",
 ]
 
 # Kubo's balanced layout puts at most this many links in a node (boxo's DefaultLinksPerBlock).
@@ -42,50 +43,25 @@ _VARINT: Final = 0
 _LEN: Final = 2
 
 
-def _varint(n: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = n & 0x7F
-        n >>= 7
-        if n:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
-def _read_varint(buf: bytes, pos: int) -> tuple[int, int]:
-    result = shift = 0
-    while True:
-        if pos >= len(buf) or shift > 63:
-            raise CorruptBlockError("protobuf varint runs past the end of the block")
-        byte = buf[pos]
-        pos += 1
-        result |= (byte & 0x7F) << shift
-        if not byte & 0x80:
-            return result, pos
-        shift += 7
-
-
 def _field(number: int, wire_type: int) -> bytes:
-    return _varint(number << 3 | wire_type)
+    return encode_varint(number << 3 | wire_type)
 
 
 def _len_field(number: int, payload: bytes) -> bytes:
-    return _field(number, _LEN) + _varint(len(payload)) + payload
+    return _field(number, _LEN) + encode_varint(len(payload)) + payload
 
 
 def _iter_fields(buf: bytes) -> Iterator[tuple[int, int | bytes]]:
     """(field number, value) pairs; varints as ints, length-delimited fields as bytes."""
     pos = 0
     while pos < len(buf):
-        key, pos = _read_varint(buf, pos)
+        key, pos = decode_varint(buf, pos)
         number, wire_type = key >> 3, key & 7
         if wire_type == _VARINT:
-            value, pos = _read_varint(buf, pos)
+            value, pos = decode_varint(buf, pos)
             yield number, value
         elif wire_type == _LEN:
-            size, pos = _read_varint(buf, pos)
+            size, pos = decode_varint(buf, pos)
             if pos + size > len(buf):
                 raise CorruptBlockError("protobuf field runs past the end of the block")
             yield number, buf[pos : pos + size]
@@ -104,13 +80,15 @@ def encode_file_node(children: list[tuple[Link, int, int]]) -> bytes:
     Field order follows the dag-pb spec (links, then data); within UnixFS data: type,
     filesize, one blocksizes entry per child, as Kubo writes them.
     """
-    unixfs = bytearray(_field(1, _VARINT) + _varint(_UNIXFS_FILE))
-    unixfs += _field(3, _VARINT) + _varint(sum(size for _, _, size in children))
+    unixfs = bytearray(_field(1, _VARINT) + encode_varint(_UNIXFS_FILE))
+    unixfs += _field(3, _VARINT) + encode_varint(sum(size for _, _, size in children))
     for _, _, size in children:
-        unixfs += _field(4, _VARINT) + _varint(size)
+        unixfs += _field(4, _VARINT) + encode_varint(size)
     out = bytearray()
     for link, tsize, _ in children:
-        pb_link = _len_field(1, link) + _len_field(2, b"") + _field(3, _VARINT) + _varint(tsize)
+        pb_link = (
+            _len_field(1, link) + _len_field(2, b"") + _field(3, _VARINT) + encode_varint(tsize)
+        )
         out += _len_field(2, pb_link)
     out += _len_field(1, bytes(unixfs))
     return bytes(out)
@@ -229,7 +207,7 @@ def decode_unixfs_data(data: bytes | None) -> UnixFSData:
         elif number == 4 and isinstance(value, bytes):  # a packed encoding, if ever used
             pos = 0
             while pos < len(value):
-                size, pos = _read_varint(value, pos)
+                size, pos = decode_varint(value, pos)
                 blocksizes.append(size)
     if kind is None:
         raise CorruptBlockError("UnixFS data without a type")
@@ -238,3 +216,23 @@ def decode_unixfs_data(data: bytes | None) -> UnixFSData:
             f"UnixFS node of type {kind} is not a file; only files can be read as values"
         )
     return UnixFSData(kind, payload, filesize, blocksizes)
+
+
+async def read_file(link: Link, get_block: Callable[[Link], Awaitable[bytes]]) -> bytes:
+    """The bytes of the UnixFS file ``link`` heads; ``get_block`` returns verified blocks."""
+    from .._tasks import map_bounded
+
+    node = decode_pb_node(await get_block(link))
+    unixfs = decode_unixfs_data(node.data)
+    if not node.links:
+        return unixfs.data
+
+    async def child(sub: Link) -> bytes:
+        if sub.codec == RAW:
+            return await get_block(sub)
+        if sub.codec == DAG_PB:
+            return await read_file(sub, get_block)
+        raise CorruptBlockError(f"UnixFS file {link} links to a block of codec 0x{sub.codec:x}")
+
+    parts = await map_bounded(child, [sub for sub, _ in node.links], 8)
+    return unixfs.data + b"".join(parts)

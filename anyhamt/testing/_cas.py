@@ -83,6 +83,9 @@ class ContentAddressedStoreTests:
         assert await store.load(block_id, suffix=3) == b"789"
         assert await store.load(block_id, offset=8, length=100) == b"89"
         assert await store.load(block_id, suffix=100) == b"0123456789"
+        longer = await store.save(b"x" * 64 + b"y" * 36, "raw")
+        assert await store.load(longer, suffix=100) == b"x" * 64 + b"y" * 36
+        assert await store.load(longer, suffix=37) == b"x" + b"y" * 36
 
     async def test_bad_ranges_raise(self, store: ContentAddressedStore) -> None:
         block_id = await store.save(b"0123456789", "raw")
