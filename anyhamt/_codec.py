@@ -233,6 +233,8 @@ _NODE_HEAD: Final = _head(4, 256)
 _EMPTY_SLOT: Final = b"\xa0"
 _LINK_HEAD: Final = b"\x81"
 _CID_TAG: Final = b"\xd8\x2a"
+# tag 42, byte string of 37, multibase 0x00: how a 36-byte CIDv1 starts inside a node
+_LINK_CID36: Final = b"\xd8\x2a\x58\x25\x00"
 
 EMPTY_NODE_BYTES: Final = _NODE_HEAD + _EMPTY_SLOT * 256
 
@@ -320,6 +322,8 @@ def _read_len(data: bytes, pos: int, info: int) -> tuple[int, int]:
 
 
 def _decode_pointer(data: bytes, pos: int) -> tuple[Pointer, int]:
+    if data[pos : pos + 5] == _LINK_CID36 and pos + 41 <= len(data):
+        return Link(data[pos + 5 : pos + 41]), pos + 41
     first = data[pos]
     if first == 0xD8 and data[pos + 1] == 0x2A:
         head = data[pos + 2]
@@ -349,18 +353,27 @@ def _decode_fast(data: bytes) -> list[Any]:
     skip = _EMPTY_RUN.match
     pos = 3
     size = len(data)
-    while len(slots) < 256:
-        run = skip(data, pos).end() - pos  # type: ignore[union-attr]
-        if run:
-            run = min(run, 256 - len(slots))
+    count = 0
+    while count < 256:
+        if pos >= size:
+            raise CorruptNodeError(f"node ends after {count} of 256 slots")
+        first = data[pos]
+        if first == 0xA0:  # a run of empty slots
+            run = min(skip(data, pos).end() - pos, 256 - count)  # type: ignore[union-attr]
             slots.extend([None] * run)
             pos += run
+            count += run
             continue
-        if pos >= size:
-            raise CorruptNodeError(f"node ends after {len(slots)} of 256 slots")
-        first = data[pos]
-        major = first >> 5
-        if major == 5:  # bucket
+        if first == 0x81:  # link
+            # The usual link, a 36-byte CIDv1 (tag 42, 37-byte string, 0x00 prefix), is
+            # sliced straight out; anything else goes through the general reader.
+            if data[pos + 1 : pos + 6] == _LINK_CID36 and pos + 42 <= size:
+                append([Link(data[pos + 6 : pos + 42])])
+                pos += 42
+            else:
+                ptr, pos = _decode_pointer(data, pos + 1)
+                append([ptr])
+        elif first >> 5 == 5:  # bucket
             n, pos = _read_len(data, pos + 1, first & 0x1F)
             bucket: dict[str, Pointer] = {}
             for _ in range(n):
@@ -374,13 +387,11 @@ def _decode_fast(data: bytes) -> list[Any]:
             if len(bucket) != n:
                 raise CorruptNodeError("a bucket repeats a key")
             append(bucket)
-        elif first == 0x81:  # link
-            ptr, pos = _decode_pointer(data, pos + 1)
-            append([ptr])
         else:
             raise CorruptNodeError(
-                f"slot {len(slots)} is neither a bucket nor a link (CBOR byte 0x{first:02x})"
+                f"slot {count} is neither a bucket nor a link (CBOR byte 0x{first:02x})"
             )
+        count += 1
     if pos != size:
         raise CorruptNodeError(f"{size - pos} trailing bytes after the 256 slots")
     return slots
