@@ -382,7 +382,11 @@ class HAMT:
                 return slot[key]
 
     def _find_cached(self, key: str, key_hash: bytes) -> Pointer:
-        """The lookup of a read-only HAMT without awaiting: ``_MISS`` if a node is not cached."""
+        """The lookup of a read-only HAMT without awaiting: ``_MISS`` if a node is not cached.
+
+        It repeats ``_lookup_stored``'s few lines on purpose: this is the hottest path of a
+        read, and a shared helper costs a call per level.
+        """
         cache_get = self._cache.get
         pointer = self._root
         for byte in key_hash:
