@@ -573,7 +573,8 @@ def render(
         '"Cold cache": each read phase builds a new read-only HAMT on the root, '
         "so its node cache starts empty. The concurrent phase reads through a wrapper store that "
         "subclasses each library's `ContentAddressedStore` and yields to the event loop before "
-        "every load (`asyncio.sleep(0)` for py-hamt, `anyio.lowlevel.checkpoint()` for anyhamt). "
+        "every load with the backend's own yield (`asyncio.sleep(0)` on asyncio for both "
+        "libraries, `trio.lowlevel.checkpoint()` for anyhamt on trio). "
         "Peak RSS is `ru_maxrss` of the worker process at the end (all phases); it includes "
         "the interpreter, the imports (py-hamt's package imports zarr and numpy), the "
         f"{100} x N-byte value buffer and, for the memory store, the store's blocks."
