@@ -1,6 +1,7 @@
 """anyhamt's KuboCAS against py-hamt 3.6.0's, on one real Kubo daemon, in one run.
 
-    python benchmarks/run_kubo.py [--keys 20000] [--concurrency 64] [--json out.json]
+    python benchmarks/run_kubo.py [--keys 20000] [--concurrency 64] [--rounds 1]
+                                  [--json out.json]
 
 Starts a throwaway offline Kubo (tests/kubo/_daemon.py; the binary from
 scripts/install-kubo.sh), then runs each library in a fresh process of its own: anyhamt on
@@ -11,8 +12,12 @@ creates it). Each worker, against the same daemon:
 2. cold read: a new store and a new read-only HAMT on the root, ``get`` every key in order;
 3. concurrent: another new store and HAMT, ``concurrency`` tasks ``get`` every key.
 
-Values differ between libraries (a per-library seed) so that neither finds the other's
-blocks already stored. Every value read is compared with the value written.
+Values differ between libraries and rounds (a per-run seed) so that no run finds another's
+blocks already stored. Every value read is compared with the value written. With
+``--rounds N`` every worker runs N times, in a rotated order each round (so that no library
+always runs first on the daemon), and the table shows each figure's median over the rounds.
+The load average before and after is printed: on a shared machine, compare runs only at
+similar load.
 This file is also the worker (``--worker LIB``); at top level it imports only the stdlib,
 so py-hamt's interpreter can run it.
 """
@@ -23,6 +28,7 @@ import argparse
 import json
 import os
 import random
+import statistics
 import subprocess
 import sys
 import time
@@ -41,13 +47,13 @@ def _values(n: int, seed: str) -> dict[str, bytes]:
 # -- workers ----------------------------------------------------------------------------
 
 
-async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int) -> dict[str, Any]:
+async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) -> dict[str, Any]:
     import anyio
     import sniffio
 
     from anyhamt import HAMT, KuboCAS
 
-    values = _values(n, f"anyhamt-{sniffio.current_async_library()}")
+    values = _values(n, f"anyhamt-{sniffio.current_async_library()}-{seed}")
     result: dict[str, Any] = {}
     async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
         start = time.perf_counter()
@@ -82,12 +88,12 @@ async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int) -> dict[str
     return result
 
 
-async def _pyhamt(rpc: str, gateway: str, n: int, concurrency: int) -> dict[str, Any]:
+async def _pyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) -> dict[str, Any]:
     import asyncio
 
     from py_hamt import HAMT, KuboCAS
 
-    values = _values(n, "py-hamt")
+    values = _values(n, f"py-hamt-{seed}")
     result: dict[str, Any] = {}
     async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
         start = time.perf_counter()
@@ -124,12 +130,20 @@ def _worker(args: argparse.Namespace) -> None:
     if args.worker == "py-hamt":
         import asyncio
 
-        result = asyncio.run(_pyhamt(args.rpc, args.gateway, args.keys, args.concurrency))
+        result = asyncio.run(
+            _pyhamt(args.rpc, args.gateway, args.keys, args.concurrency, args.seed)
+        )
     else:
         import anyio
 
         result = anyio.run(
-            _anyhamt, args.rpc, args.gateway, args.keys, args.concurrency, backend=args.backend
+            _anyhamt,
+            args.rpc,
+            args.gateway,
+            args.keys,
+            args.concurrency,
+            args.seed,
+            backend=args.backend,
         )
     print(json.dumps(result))
 
@@ -138,12 +152,12 @@ def _worker(args: argparse.Namespace) -> None:
 
 
 def _run_worker(
-    python: str, lib: str, backend: str, daemon: Any, args: argparse.Namespace
+    python: str, lib: str, backend: str, daemon: Any, args: argparse.Namespace, seed: str
 ) -> dict[str, Any]:
     command = [
         python, "-W", "ignore", __file__, "--worker", lib, "--backend", backend,
         "--rpc", daemon.rpc_url, "--gateway", daemon.gateway_url,
-        "--keys", str(args.keys), "--concurrency", str(args.concurrency),
+        "--keys", str(args.keys), "--concurrency", str(args.concurrency), "--seed", seed,
     ]  # fmt: skip
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     done = subprocess.run(command, capture_output=True, text=True, env=env, check=False)
@@ -174,12 +188,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--keys", type=int, default=20_000)
     parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--rounds", type=int, default=1, help="run every worker this often")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--skip-pyhamt", action="store_true")
     parser.add_argument("--worker", choices=("anyhamt", "py-hamt"), help=argparse.SUPPRESS)
     parser.add_argument("--backend", default="asyncio", help=argparse.SUPPRESS)
     parser.add_argument("--rpc", help=argparse.SUPPRESS)
     parser.add_argument("--gateway", help=argparse.SUPPRESS)
+    parser.add_argument("--seed", default="0", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
         _worker(args)
@@ -199,15 +215,34 @@ def main() -> None:
         if python is None:
             raise SystemExit("py-hamt 3.6.0 is not available (see tests/_pyhamt.py)")
         runs.append((python, "py-hamt", "asyncio"))
-    results = []
+    every: dict[tuple[str, str], list[dict[str, Any]]] = {(r[1], r[2]): [] for r in runs}
+    load_before = os.getloadavg()
     with KuboDaemon(binary) as daemon:
         _warm_up(daemon, args.keys)
-        for python, lib, backend in runs:
-            print(f"running {lib} ({backend}) ...", file=sys.stderr, flush=True)
-            results.append(_run_worker(python, lib, backend, daemon, args))
+        for round_ in range(args.rounds):
+            shift = round_ % len(runs)
+            for python, lib, backend in runs[shift:] + runs[:shift]:
+                print(f"round {round_ + 1}: {lib} ({backend}) ...", file=sys.stderr, flush=True)
+                result = _run_worker(python, lib, backend, daemon, args, str(round_))
+                every[lib, backend].append(result)
+    load_after = os.getloadavg()
+    results = []
+    for (lib, backend), runs_of in every.items():
+        merged = {
+            key: statistics.median(r[key] for r in runs_of)
+            for key in ("write_s", "cold_read_s", "concurrent_read_s")
+        }
+        merged.update(lib=lib, backend=backend, rounds=runs_of)
+        results.append(merged)
 
     n = args.keys
-    print(f"\n{n} keys, {VALUE_SIZE}-byte values, one offline Kubo {daemon.binary}\n")
+    rounds = f", median of {args.rounds} rounds" if args.rounds > 1 else ""
+    print(f"\n{n} keys, {VALUE_SIZE}-byte values, one offline Kubo {daemon.binary}{rounds}")
+    print(
+        "load average before: {:.2f} {:.2f} {:.2f}, after: {:.2f} {:.2f} {:.2f}\n".format(
+            *load_before, *load_after
+        )
+    )
     way = f"{args.concurrency}-way get"
     header = f"{'library':<22}{'write+flush':>15}{'cold read':>15}{way:>15}"
     print(header)

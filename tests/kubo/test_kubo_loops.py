@@ -169,16 +169,21 @@ async def test_zarr_style_loop_and_application_loop_concurrently(kubo_daemon: Ku
 
 @pytest.mark.usefixtures("no_resource_warnings")
 async def test_dropped_store_closes_its_clients(kubo_daemon: KuboDaemon) -> None:
+    cid = await (writer := cas_for(kubo_daemon)).save(b"something", "raw")
+    await writer.aclose()
     cas = cas_for(kubo_daemon)
-    await cas.save(b"something", "raw")
-    client = next(iter(cas._loops.values())).client
-    del cas
+    assert await cas.load(cid) == b"something"  # through a fast-path connection
+    state = next(iter(cas._loops.values()))
+    client, pool = state.client, state.fast
+    assert pool._open
+    del cas, state
     gc.collect()
     for _ in range(100):
-        if client.is_closed:
+        if client.is_closed and pool.closed:
             break
         await anyio.sleep(0.01)
     assert client.is_closed
+    assert pool.closed and not pool._open
 
 
 async def test_supplied_client_is_used_on_its_loop_only_and_never_closed(
