@@ -16,7 +16,7 @@ if [ ! -x .venv-nox/bin/nox ]; then
 fi
 rm -rf .reports
 if [ $# -eq 0 ]; then
-    set -- tests examples
+    set -- tests examples lint typecheck
 fi
 .venv-nox/bin/nox --sessions "$@"
 "$PYTHON" scripts/summarize_junit.py .reports/*.xml
