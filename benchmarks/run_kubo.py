@@ -33,7 +33,10 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from collections.abc import Awaitable, Callable
 
 ROOT = Path(__file__).resolve().parent.parent
 VALUE_SIZE = 100
@@ -47,32 +50,39 @@ def _values(n: int, seed: str) -> dict[str, bytes]:
 # -- workers ----------------------------------------------------------------------------
 
 
-async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) -> dict[str, Any]:
-    import anyio
-    import sniffio
-
-    from anyhamt import HAMT, KuboCAS
-
-    values = _values(n, f"anyhamt-{sniffio.current_async_library()}-{seed}")
+async def _measure(
+    hamt_cls: Any,
+    cas_cls: Any,
+    values: dict[str, bytes],
+    rpc: str,
+    gateway: str,
+    concurrency: int,
+    run_all: Callable[[Callable[[], Awaitable[None]], int], Awaitable[Any]],
+) -> dict[str, Any]:
+    """The three phases, for either library (both have py-hamt's API)."""
     result: dict[str, Any] = {}
-    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
+    async with cas_cls(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
         start = time.perf_counter()
-        hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+        hamt = await hamt_cls.build(cas=cas, values_are_bytes=True)
         for key, value in values.items():
             await hamt.set(key, value)
         await hamt.make_read_only()
         result["write_s"] = time.perf_counter() - start
         root = hamt.root_node_id
-    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
+    async with cas_cls(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
         start = time.perf_counter()
-        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
+        reader = await hamt_cls.build(
+            cas=cas, root_node_id=root, values_are_bytes=True, read_only=True
+        )
         for key, value in values.items():
             if await reader.get(key) != value:
                 raise SystemExit(f"wrong value for {key}")
         result["cold_read_s"] = time.perf_counter() - start
-    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway, concurrency=concurrency) as cas:
+    async with cas_cls(rpc_base_url=rpc, gateway_base_url=gateway, concurrency=concurrency) as cas:
         start = time.perf_counter()
-        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
+        reader = await hamt_cls.build(
+            cas=cas, root_node_id=root, values_are_bytes=True, read_only=True
+        )
         keys = iter(values)
 
         async def worker() -> None:
@@ -80,12 +90,25 @@ async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) 
                 if await reader.get(key) != values[key]:
                     raise SystemExit(f"wrong value for {key}")
 
-        async with anyio.create_task_group() as tg:
-            for _ in range(concurrency):
-                tg.start_soon(worker)
+        await run_all(worker, concurrency)
         result["concurrent_read_s"] = time.perf_counter() - start
     result["root"] = str(root)
     return result
+
+
+async def _anyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) -> dict[str, Any]:
+    import anyio
+    import sniffio
+
+    from anyhamt import HAMT, KuboCAS
+
+    async def run_all(worker: Callable[[], Awaitable[None]], count: int) -> None:
+        async with anyio.create_task_group() as tg:
+            for _ in range(count):
+                tg.start_soon(worker)
+
+    values = _values(n, f"anyhamt-{sniffio.current_async_library()}-{seed}")
+    return await _measure(HAMT, KuboCAS, values, rpc, gateway, concurrency, run_all)
 
 
 async def _pyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) -> dict[str, Any]:
@@ -93,37 +116,11 @@ async def _pyhamt(rpc: str, gateway: str, n: int, concurrency: int, seed: str) -
 
     from py_hamt import HAMT, KuboCAS
 
+    async def run_all(worker: Callable[[], Awaitable[None]], count: int) -> None:
+        await asyncio.gather(*(worker() for _ in range(count)))  # py-hamt is asyncio-only
+
     values = _values(n, f"py-hamt-{seed}")
-    result: dict[str, Any] = {}
-    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
-        start = time.perf_counter()
-        hamt = await HAMT.build(cas=cas, values_are_bytes=True)
-        for key, value in values.items():
-            await hamt.set(key, value)
-        await hamt.make_read_only()
-        result["write_s"] = time.perf_counter() - start
-        root = hamt.root_node_id
-    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway) as cas:
-        start = time.perf_counter()
-        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
-        for key, value in values.items():
-            if await reader.get(key) != value:
-                raise SystemExit(f"wrong value for {key}")
-        result["cold_read_s"] = time.perf_counter() - start
-    async with KuboCAS(rpc_base_url=rpc, gateway_base_url=gateway, concurrency=concurrency) as cas:
-        start = time.perf_counter()
-        reader = await HAMT.build(cas=cas, root_node_id=root, values_are_bytes=True, read_only=True)
-        keys = iter(values)
-
-        async def worker() -> None:
-            for key in keys:
-                if await reader.get(key) != values[key]:
-                    raise SystemExit(f"wrong value for {key}")
-
-        await asyncio.gather(*(worker() for _ in range(concurrency)))
-        result["concurrent_read_s"] = time.perf_counter() - start
-    result["root"] = str(root)
-    return result
+    return await _measure(HAMT, KuboCAS, values, rpc, gateway, concurrency, run_all)
 
 
 def _worker(args: argparse.Namespace) -> None:
