@@ -256,11 +256,12 @@ class HAMT:
         suffix: int | None = None,
     ) -> Any:
         """The value of ``key`` (or a byte range of it); ``KeyNotFoundError`` if absent."""
+        key_hash = self._hash(key)
         pointer = _MISS
         if self.read_only and self._tree is None:
-            pointer = self._find_cached(key, self._hash(key))
+            pointer = self._find_cached(key, key_hash)
         if pointer is _MISS:
-            pointer = await self._get_pointer(key)
+            pointer = await self._get_pointer(key, key_hash)
         data = await self.cas._load_id(pointer, offset, length, suffix)
         if self.values_are_bytes:
             return data
@@ -274,7 +275,7 @@ class HAMT:
 
     async def get_pointer(self, key: str) -> Any:
         """The id of the block holding ``key``'s value, as the store hands ids out."""
-        return to_public(await self._get_pointer(key))
+        return to_public(await self._get_pointer(key, self._hash(key)))
 
     async def keys(self) -> AsyncIterator[str]:
         """Every key, in no particular order.
@@ -360,8 +361,7 @@ class HAMT:
         slots = [dict(s) if type(s) is dict else s for s in stored]
         return _WriteNode(slots, pointer, False)
 
-    async def _get_pointer(self, key: str) -> Pointer:
-        key_hash = self._hash(key)
+    async def _get_pointer(self, key: str, key_hash: bytes) -> Pointer:
         if self.read_only and self._tree is None:
             return await self._lookup_stored(key, key_hash, self._root, 0)
         async with self._lock:
