@@ -55,6 +55,16 @@ class SteppingCAS(ContentAddressedStore):
         return await self.inner._save_many(blocks, codec)
 
 
+async def stored_map(items: dict[str, bytes]) -> tuple[InMemoryCAS, Any]:
+    """A store holding a flushed map of ``items``, and the map's root."""
+    cas = InMemoryCAS()
+    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+    for key, value in items.items():
+        await hamt.set(key, value)
+    await hamt.make_read_only()
+    return cas, hamt.root_node_id
+
+
 async def reference_root(items: dict[str, bytes], bucket: int = 4) -> Any:
     hamt = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True, max_bucket_size=bucket)
     for key, value in items.items():
@@ -359,12 +369,7 @@ def test_waiting_on_a_blocked_loop_raises_instead_of_hanging() -> None:
 
 
 async def test_failed_node_load_reaches_every_waiter_and_is_not_cached() -> None:
-    inner = InMemoryCAS()
-    writer = await HAMT.build(cas=inner, values_are_bytes=True)
-    for i in range(200):
-        await writer.set(f"k{i}", b"v")
-    await writer.make_read_only()
-    root = writer.root_node_id
+    inner, root = await stored_map({f"k{i}": b"v" for i in range(200)})
     saved_root_block = inner.store.pop(root)
 
     cas = SteppingCAS(inner)
@@ -388,11 +393,7 @@ async def test_failed_node_load_reaches_every_waiter_and_is_not_cached() -> None
 
 
 async def test_cancelled_leader_hands_the_load_to_a_waiter() -> None:
-    inner = InMemoryCAS()
-    writer = await HAMT.build(cas=inner, values_are_bytes=True)
-    await writer.set("a", b"1")
-    await writer.make_read_only()
-    root = writer.root_node_id
+    inner, root = await stored_map({"a": b"1"})
     never = anyio.Event()
 
     class StallFirstLoad(SteppingCAS):
@@ -428,11 +429,7 @@ async def test_cancelled_leader_hands_the_load_to_a_waiter() -> None:
 
 
 async def test_cancelled_waiter_changes_nothing() -> None:
-    inner = InMemoryCAS()
-    writer = await HAMT.build(cas=inner, values_are_bytes=True)
-    await writer.set("a", b"1")
-    await writer.make_read_only()
-    root = writer.root_node_id
+    inner, root = await stored_map({"a": b"1"})
     release = anyio.Event()
 
     class Gated(SteppingCAS):
