@@ -1,30 +1,81 @@
-"""One entry point for tests, lint, type checks, examples and benchmarks."""
+"""One entry point for tests, lint, type checks, examples and benchmarks.
+
+``nox`` alone runs the default sessions (what scripts/test.sh and CI run): the suite on
+every installed Python with async tests on both backends, the suite on the lowest
+versions pyproject.toml declares, the examples, lint and the type check. One backend:
+``nox -s "tests-3.13(backend='trio')"``.
+"""
 
 from __future__ import annotations
 
 import os
+import re
 import shutil
+import tomllib
 
 import nox
 
 nox.options.default_venv_backend = "venv"
 nox.options.reuse_existing_virtualenvs = True
-nox.options.sessions = ["tests", "examples", "lint", "typecheck"]
 
 PYTHONS = [v for v in ("3.12", "3.13") if shutil.which(f"python{v}")] or ["3.12"]
+OLDEST_PYTHON = PYTHONS[0]
+BACKENDS = ["both", "asyncio", "trio"]
+
+nox.options.sessions = [
+    *(f"tests-{python}(backend='both')" for python in PYTHONS),
+    "tests-oldest",
+    "examples",
+    "lint",
+    "typecheck",
+]
 
 
-@nox.session(python=PYTHONS)
-def tests(session: nox.Session) -> None:
-    """The test suite on asyncio and trio (every async test runs on both)."""
-    session.install("-e", ".[test,zarr]")
+def _pytest(session: nox.Session, report: str, *args: str) -> None:
     os.makedirs(".reports", exist_ok=True)
     session.run(
         "pytest",
-        f"--junitxml=.reports/tests-{session.python}.xml",
+        f"--junitxml=.reports/{report}.xml",
+        *args,
         *session.posargs,
         env={"PYTHONDONTWRITEBYTECODE": "1"},
     )
+
+
+@nox.session(python=PYTHONS)
+@nox.parametrize("backend", BACKENDS)
+def tests(session: nox.Session, backend: str) -> None:
+    """The test suite; async tests on ``backend`` ("both": asyncio and trio)."""
+    session.install("-e", ".[test,zarr]")
+    _pytest(session, f"tests-{session.python}-{backend}", f"--backend={backend}")
+
+
+def _lowest_pins() -> list[str]:
+    """``name==lowest`` for every runtime dependency and extra pyproject.toml declares."""
+    with open("pyproject.toml", "rb") as f:
+        project = tomllib.load(f)["project"]
+    declared = list(project["dependencies"])
+    for extra in ("trio", "zarr"):
+        declared += project["optional-dependencies"][extra]
+    pins = []
+    for requirement in declared:
+        match = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)>=([^,;\s]+)", requirement.replace(" ", ""))
+        if match is None:
+            raise ValueError(f"cannot pin {requirement!r}: declare it as name>=version")
+        name = match.group(1).split("[")[0]
+        pins.append(f"{name}=={match.group(2)}")
+    return pins
+
+
+@nox.session(name="tests-oldest", python=OLDEST_PYTHON)
+def tests_oldest(session: nox.Session) -> None:
+    """The suite on the lowest versions pyproject.toml declares, so the ranges are true."""
+    constraints = os.path.join(session.create_tmp(), "lowest.txt")
+    with open(constraints, "w") as f:
+        f.write("\n".join(_lowest_pins()) + "\n")
+    session.install("-c", constraints, "-e", ".[test,zarr,trio]")
+    session.run("python", "-m", "pip", "list", "--format=freeze", silent=False)
+    _pytest(session, f"tests-oldest-{session.python}")
 
 
 @nox.session(python=PYTHONS[-1])

@@ -9,7 +9,7 @@ Where the interpreter comes from, first match wins:
 2. the cached venv ``~/.cache/anyhamt/pyhamt-3.6.0-venv``;
 3. ``/tmp/pyhamt-venv`` (a developer's ad-hoc venv), if py-hamt 3.6.0 imports there;
 4. otherwise the cached venv is created: Python 3.12 from pyenv
-   (``~/.pyenv/versions/3.12*/bin/python``) or ``python3.12`` on PATH, then
+   (``$(pyenv root)/versions/3.12*/bin/python``) or ``python3.12`` on PATH, then
    ``pip install py-hamt==3.6.0``. That needs the network; if it fails, ``None``.
 """
 
@@ -42,8 +42,27 @@ def _has_pyhamt(python: str) -> bool:
     return result.returncode == 0 and result.stdout.strip() == PYHAMT_VERSION
 
 
+def _pyenv_root() -> str:
+    """Where pyenv keeps its Pythons: ``$PYENV_ROOT``, else ``pyenv root``, else ~/.pyenv."""
+    root = os.environ.get("PYENV_ROOT")
+    if root:
+        return root
+    pyenv = shutil.which("pyenv")
+    if pyenv:
+        try:
+            found = subprocess.run(
+                [pyenv, "root"], capture_output=True, text=True, timeout=60, check=False
+            ).stdout.strip()
+        except (OSError, subprocess.TimeoutExpired):
+            found = ""
+        if found:
+            return found
+    return os.path.expanduser("~/.pyenv")
+
+
 def _python312() -> str | None:
-    candidates = sorted(glob.glob(os.path.expanduser("~/.pyenv/versions/3.12*/bin/python")))
+    pattern = os.path.join(_pyenv_root(), "versions", "3.12*", "bin", "python")
+    candidates = sorted(glob.glob(pattern))
     found = shutil.which("python3.12")
     if found:
         candidates.append(found)
@@ -100,3 +119,11 @@ def run_pyhamt(script: str, *args: str, timeout: float = 300) -> str:
     if result.returncode != 0:
         raise RuntimeError(f"py-hamt script failed ({result.returncode}):\n{result.stderr}")
     return result.stdout
+
+
+if __name__ == "__main__":
+    # scripts/test.sh warms the venv before the tests, so its one-off install (minutes on a
+    # cold machine) does not count against any test's timeout.
+    found = pyhamt_python()
+    print(found or "py-hamt 3.6.0 could not be installed")
+    raise SystemExit(0 if found else 1)

@@ -12,6 +12,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _ci import on_ci
 from _pyhamt import pyhamt_python, run_pyhamt
 
 from anyhamt import HAMT, InMemoryCAS
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 def pyhamt() -> None:
     if pyhamt_python() is None:
         message = "py-hamt 3.6.0 is not installable here (needs Python 3.12 and PyPI)"
-        if os.environ.get("CI") == "true":
+        if on_ci():
             pytest.fail(message)
         pytest.skip(message)
 

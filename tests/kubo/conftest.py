@@ -6,6 +6,7 @@ import os
 from typing import TYPE_CHECKING
 
 import pytest
+from _ci import on_ci
 
 from anyhamt import KuboCAS
 
@@ -13,10 +14,6 @@ from ._daemon import KuboDaemon, find_kubo_binary
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Iterator
-
-
-def _on_ci() -> bool:
-    return os.environ.get("CI", "").strip().lower() in {"true", "1", "yes"}
 
 
 @pytest.fixture(scope="session")
@@ -28,7 +25,7 @@ def kubo_binary() -> str:
             " or put `ipfs` on PATH"
         )
         # On CI a missing daemon is a broken setup, not a reason to skip silently.
-        if _on_ci():
+        if on_ci():
             pytest.fail(message, pytrace=False)
         pytest.skip(message)
     if not (os.path.isfile(binary) and os.access(binary, os.X_OK)):
