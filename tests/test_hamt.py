@@ -131,11 +131,28 @@ async def test_read_only_rejects_writes_and_enable_write_restores() -> None:
     assert {k async for k in hamt.keys()} == {"a", "b"}
 
 
-async def test_enable_write_keeps_buffered_changes() -> None:
-    hamt = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True)
+async def test_enable_write_on_a_read_only_map_buffers_new_changes() -> None:
+    cas = InMemoryCAS()
+    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
     await hamt.set("a", b"1")
+    await hamt.set("b", b"2")
+    await hamt.make_read_only()
+    stored_root = hamt.root_node_id
+    assert hamt.read_only
     await hamt.enable_write()
-    assert await hamt.get("a") == b"1"
+    assert not hamt.read_only
+    await hamt.set("c", b"3")
+    await hamt.delete("a")
+    # The changes are buffered: visible to this HAMT, not yet in the stored root.
+    assert await hamt.get("c") == b"3"
+    assert {k async for k in hamt.keys()} == {"b", "c"}
+    assert hamt.root_node_id == stored_root
+    await hamt.make_read_only()
+    expected = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True)
+    await expected.set("b", b"2")
+    await expected.set("c", b"3")
+    await expected.make_read_only()
+    assert hamt.root_node_id == expected.root_node_id
 
 
 async def test_reopen_from_root_in_read_only_and_write_mode() -> None:

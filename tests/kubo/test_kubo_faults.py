@@ -26,6 +26,7 @@ from anyhamt import (
     LocalCAS,
 )
 from anyhamt._codec import RAW, make_link
+from anyhamt.cas._kubo import _retry_after
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -146,6 +147,10 @@ async def test_block_failing_mid_batch_is_not_reported_written(kubo_daemon: Kubo
 # -- injected faults (httpx.MockTransport) ----------------------------------------------
 
 
+def _no_backoff(attempt: int) -> float:
+    raise AssertionError("waited on the backoff schedule where Retry-After should decide")
+
+
 async def test_503_retry_after_is_honoured() -> None:
     """Injected with MockTransport: Kubo does not send 503 on demand."""
     attempts: list[float] = []
@@ -159,12 +164,13 @@ async def test_503_retry_after_is_honoured() -> None:
             return httpx.Response(503, headers={"Retry-After": formatdate(usegmt=True)})
         return httpx.Response(200, content=DATA)
 
-    # initial_delay is long: only Retry-After can make the retries this quick.
-    async with mock_cas(handler, initial_delay=5.0) as cas:
+    async with mock_cas(handler) as cas:
+        # Both waits must come from Retry-After, never from the backoff schedule.
+        cas._backoff = _no_backoff  # type: ignore[method-assign]
         assert await cas._load_id(CID) == DATA
     assert len(attempts) == 3
-    assert 0.35 <= attempts[1] - attempts[0] < 2.0
-    assert attempts[2] - attempts[1] < 1.0
+    # A lower bound only: a loaded machine makes sleeps longer, never shorter.
+    assert attempts[1] - attempts[0] >= 0.35
 
 
 async def test_retry_after_is_capped() -> None:
@@ -178,9 +184,12 @@ async def test_retry_after_is_capped() -> None:
             return httpx.Response(429, headers={"Retry-After": "100000"})
         return httpx.Response(200, content=DATA)
 
+    assert _retry_after(httpx.Response(429, headers={"Retry-After": "100000"}), 0.1) == 0.1
+    # Uncapped, this read would sleep for a day and the per-test timeout would fail it.
     async with mock_cas(handler, max_retry_after=0.1) as cas:
-        with anyio.fail_after(5):
-            assert await cas._load_id(CID) == DATA
+        cas._backoff = _no_backoff  # type: ignore[method-assign]
+        assert await cas._load_id(CID) == DATA
+    assert calls == 2
 
 
 async def test_timeouts_are_retried_then_raise_a_typed_error() -> None:
@@ -211,13 +220,26 @@ async def test_5xx_backoff_grows() -> None:
         return httpx.Response(502)
 
     async with mock_cas(handler, max_retries=3, initial_delay=0.05, backoff_factor=3) as cas:
+        scheduled: list[float] = []
+        backoff = cas._backoff
+
+        def recording_backoff(attempt: int) -> float:
+            scheduled.append(backoff(attempt))
+            return scheduled[-1]
+
+        cas._backoff = recording_backoff  # type: ignore[method-assign]
         with pytest.raises(KuboError) as info:
             await cas._load_id(CID)
     assert info.value.status_code == 502
+    # The schedule grows by backoff_factor (with +-20% jitter, so 3 * 0.8 / 1.2 at least).
+    assert len(scheduled) == 3
+    assert all(b >= a * 2 for a, b in itertools.pairwise(scheduled))
+    assert 0.04 <= scheduled[0] <= 0.06
+    # Each wait really happened: gaps are at least what was scheduled (lower bounds only;
+    # a loaded machine makes them longer, never shorter).
     gaps = [b - a for a, b in itertools.pairwise(times)]
     assert len(gaps) == 3
-    assert gaps[0] < gaps[1] < gaps[2]
-    assert gaps[2] >= 0.05 * 9 * 0.8
+    assert all(gap >= want * 0.95 for gap, want in zip(gaps, scheduled, strict=True))
 
 
 async def test_kubo_deterministic_500_is_not_retried() -> None:

@@ -155,7 +155,7 @@ async def test_zarr_style_loop_and_application_loop_concurrently(kubo_daemon: Ku
         assert not io_client.is_closed
         # aclose on this loop closes the I/O loop's client on the I/O loop, which is alive.
         await cas.aclose()
-        for _ in range(500):  # polled: the close happens on another loop
+        for _ in range(6000):  # polled (60 s at most): the close happens on another loop
             if io_client.is_closed:
                 break
             await anyio.sleep(0.01)
@@ -178,7 +178,7 @@ async def test_dropped_store_closes_its_clients(kubo_daemon: KuboDaemon) -> None
     assert pool._open
     del cas, state
     gc.collect()
-    for _ in range(100):
+    for _ in range(6000):  # bounded poll, 60 s: the finalizer closes them on the loop
         if client.is_closed and pool.closed:
             break
         await anyio.sleep(0.01)
