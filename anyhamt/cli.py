@@ -2,29 +2,53 @@
 
 Every command works on the local block store (``--store PATH``, default
 ``$ANYHAMT_HOME/blocks.sqlite3`` or ``~/.local/share/anyhamt/blocks.sqlite3``) or on IPFS
-through a Kubo daemon (``--kubo RPC_URL [--gateway URL]``). Values are bytes.
+through a Kubo daemon (``--kubo RPC_URL [--gateway URL]``). Values are bytes; ``--json``
+reads and writes dag-cbor values as DAG-JSON.
 
     anyhamt put KEY VALUE [--root ROOT]     prints the new root
     anyhamt put KEY --file PATH [--root ROOT]
-    anyhamt get ROOT KEY [-o FILE]          the value to stdout (or FILE)
+    anyhamt get ROOT KEY [-o FILE] [--json] the value to stdout (or FILE)
     anyhamt ls ROOT                         the keys, one per line
     anyhamt car export ROOT -o FILE         the DAG under ROOT as a CARv1
     anyhamt car import FILE                 prints the CAR's roots
+
+Read commands (``get``, ``ls``, ``car export``) never create a store: a local store that
+does not exist is an error, and the file is opened read-only.
 """
 
 from __future__ import annotations
 
 import argparse
+import base64
+import binascii
+import errno
+import importlib.util
+import json
+import os
 import sys
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import IO, TYPE_CHECKING, Any, Final
 
 import anyio
+import dag_cbor
+import httpx
+from multiformats import CID
 
-from ._errors import AnyHamtError
+from ._errors import (
+    AnyHamtError,
+    CorruptBlockError,
+    InvalidConfigError,
+    InvalidIdError,
+    InvalidKeyError,
+    InvalidValueError,
+    KeyNotFoundError,
+    KuboError,
+    StoreError,
+)
 from ._hamt import HAMT
 from .cas._car import export_car, import_car
 from .cas._kubo import KuboCAS
-from .cas._local import LocalCAS
+from .cas._local import LocalCAS, default_store_path
 
 if TYPE_CHECKING:
     from collections.abc import Sequence
@@ -33,21 +57,189 @@ if TYPE_CHECKING:
 
 __all__ = ["main"]
 
+# A CID whose bytes are inlined in it (identity hash of b""): any gateway can answer it
+# without a block store, so asking for it shows only whether one is listening.
+_EMPTY_IDENTITY_CID: Final = "bafkqaaa"
+# The probe only has to tell "nothing answers" from "something does"; a slow answer, once
+# connected, is left to the store's own retries and timeouts.
+_PROBE_TIMEOUT: Final = 10.0
 
-def _store(args: argparse.Namespace) -> ContentAddressedStore:
+
+# -- stores -------------------------------------------------------------------------------
+
+
+def _store_path(args: argparse.Namespace) -> Path:
+    return Path(args.store) if args.store else default_store_path()
+
+
+async def _open_store(
+    args: argparse.Namespace, *, reads: bool, writes: bool
+) -> ContentAddressedStore:
+    """The store the command names. ``reads``/``writes``: what the command will do with it."""
     if args.kubo:
-        return KuboCAS(rpc_base_url=args.kubo, gateway_base_url=args.gateway or None)
-    return LocalCAS(args.store)
+        cas = KuboCAS(rpc_base_url=args.kubo, gateway_base_url=args.gateway or None)
+        # KuboCAS retries refused connections for several seconds, which is right for a
+        # flaky server and wrong for a mistyped URL: ask each endpoint once first.
+        await _probe_rpc(cas.rpc_base_url)
+        if reads:
+            await _probe_gateway(cas.gateway_base_url)
+        return cas
+    path = _store_path(args)
+    if writes:
+        return LocalCAS(path)
+    # A mistyped --store must not leave an empty database (and its directories) behind.
+    if not await anyio.Path(path).is_file():
+        where = "ANYHAMT_HOME or --store" if args.store is None else "--store"
+        raise StoreError(
+            f"no store at {path}; check {where}, or create one with `anyhamt put KEY VALUE`"
+        )
+    return LocalCAS(path, read_only=True)
+
+
+def _refused(exc: BaseException) -> bool:
+    """Whether a connection failure was a refusal (nothing listening), not DNS or routing."""
+    seen: set[int] = set()
+    todo = [exc]
+    while todo:
+        current = todo.pop()
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, ConnectionRefusedError) or (
+            isinstance(current, OSError) and current.errno == errno.ECONNREFUSED
+        ):
+            return True
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
+    return "refused" in str(exc).lower()
+
+
+async def _ask_once(method: str, url: str) -> httpx.ConnectError | httpx.ConnectTimeout | None:
+    """Send one request, no retries; the error if no connection could be made."""
+    try:
+        async with httpx.AsyncClient(timeout=_PROBE_TIMEOUT) as client:
+            await client.request(method, url)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        return exc
+    except httpx.HTTPError:
+        pass  # something is there; the command's own requests report what is wrong
+    return None
+
+
+def _reason(exc: httpx.ConnectError | httpx.ConnectTimeout) -> str:
+    if isinstance(exc, httpx.ConnectTimeout):
+        return f"no connection within {_PROBE_TIMEOUT:g} s"
+    return "connection refused" if _refused(exc) else (str(exc) or type(exc).__name__)
+
+
+async def _probe_rpc(rpc_base_url: str) -> None:
+    exc = await _ask_once("POST", f"{rpc_base_url}/api/v0/version")
+    if exc is not None:
+        raise KuboError(
+            f"no Kubo RPC answering at {rpc_base_url} ({_reason(exc)}); start one with "
+            "`ipfs daemon` (see the README), or pass the right --kubo URL",
+            url=rpc_base_url,
+        ) from exc
+
+
+async def _probe_gateway(gateway_url: str) -> None:
+    exc = await _ask_once("GET", f"{gateway_url}{_EMPTY_IDENTITY_CID}?format=raw")
+    if exc is not None:
+        base = gateway_url.removesuffix("/ipfs/")
+        raise KuboError(
+            f"no IPFS gateway answering at {base} ({_reason(exc)}); start Kubo with its "
+            "gateway (`ipfs daemon`), or pass the right --gateway URL",
+            url=base,
+        ) from exc
+
+
+# -- DAG-JSON -----------------------------------------------------------------------------
+
+
+def _to_dag_json(value: Any) -> Any:
+    """A decoded dag-cbor value as JSON data, in DAG-JSON's form for links and bytes."""
+    if isinstance(value, CID):
+        # DAG-JSON writes CIDv1 in base32 (CIDv0 has only its base58 form).
+        return {"/": value.encode("base32") if value.version == 1 else str(value)}
+    if isinstance(value, bytes):
+        return {"/": {"bytes": base64.b64encode(value).decode("ascii").rstrip("=")}}
+    if isinstance(value, dict):
+        return {key: _to_dag_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_to_dag_json(item) for item in value]
+    return value
+
+
+def _from_dag_json(value: Any) -> Any:
+    """JSON data back into the IPLD value DAG-JSON describes (links and bytes restored)."""
+    if isinstance(value, dict):
+        if len(value) == 1 and "/" in value:
+            inner = value["/"]
+            if isinstance(inner, str):
+                try:
+                    return CID.decode(inner)
+                except (ValueError, KeyError) as exc:
+                    raise InvalidValueError(f'{{"/": {inner!r}}} is not a CID: {exc}') from exc
+            if isinstance(inner, dict) and list(inner) == ["bytes"]:
+                text = inner["bytes"]
+                try:
+                    return base64.b64decode(text + "=" * (-len(text) % 4), validate=True)
+                except (TypeError, binascii.Error) as exc:
+                    raise InvalidValueError(f"{text!r} is not base64 bytes: {exc}") from exc
+        return {key: _from_dag_json(item) for key, item in value.items()}
+    if isinstance(value, list):
+        return [_from_dag_json(item) for item in value]
+    return value
+
+
+def _reject_constant(name: str) -> Any:
+    raise InvalidValueError(f"{name} is not a number dag-cbor can hold")
+
+
+def _encode_json_value(text: bytes) -> bytes:
+    try:
+        data = json.loads(text, parse_constant=_reject_constant)
+    except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+        raise InvalidValueError(f"the value is not JSON: {exc}") from exc
+    try:
+        return bytes(dag_cbor.encode(_from_dag_json(data)))
+    except AnyHamtError:
+        raise
+    except Exception as exc:
+        raise InvalidValueError(f"cannot encode the value as dag-cbor: {exc}") from exc
+
+
+def _decode_json_value(key: str, data: bytes) -> str:
+    try:
+        value = dag_cbor.decode(data)
+    except Exception as exc:
+        raise CorruptBlockError(
+            f"the value of {key!r} is not dag-cbor, so it has no JSON form (it is probably raw "
+            "bytes, as `anyhamt put` stores without --json); drop --json to get the bytes"
+        ) from exc
+    return json.dumps(_to_dag_json(value), ensure_ascii=False)
+
+
+# -- commands -----------------------------------------------------------------------------
+
+
+def _terminal_newline(value: bytes, stream: IO[Any]) -> bytes:
+    """What to write after ``value`` on ``stream``: a newline if it is a terminal (so the
+    prompt starts on its own line) and the value does not end in one; nothing for pipes
+    and files, which get the value's bytes exactly."""
+    return b"\n" if stream.isatty() and not value.endswith(b"\n") else b""
 
 
 async def _put(args: argparse.Namespace) -> None:
-    if (args.value is None) == (args.file is None):
-        raise SystemExit("anyhamt put: give VALUE or --file, not both and not neither")
     if args.value is not None:
-        value = args.value.encode()
+        # argv bytes that are not UTF-8 arrive as surrogate escapes: store the bytes given.
+        value = os.fsencode(args.value)
     else:
         value = await anyio.Path(args.file).read_bytes()
-    async with _store(args) as cas:
+    if args.json:
+        value = _encode_json_value(value)
+    async with await _open_store(args, reads=args.root is not None, writes=True) as cas:
         hamt = await HAMT.build(cas=cas, root_node_id=args.root, values_are_bytes=True)
         await hamt.set(args.key, value)
         await hamt.make_read_only()
@@ -55,20 +247,25 @@ async def _put(args: argparse.Namespace) -> None:
 
 
 async def _get(args: argparse.Namespace) -> None:
-    async with _store(args) as cas:
+    async with await _open_store(args, reads=True, writes=False) as cas:
         hamt = await HAMT.build(
             cas=cas, root_node_id=args.root, values_are_bytes=True, read_only=True
         )
-        value = await hamt.get(args.key)
+        try:
+            value: bytes = await hamt.get(args.key)
+        except KeyNotFoundError as exc:
+            raise KeyNotFoundError(f"no key {args.key!r} in {args.root}") from exc
+    if args.json:
+        value = (_decode_json_value(args.key, value) + "\n").encode()
     if args.output:
         await anyio.Path(args.output).write_bytes(value)
     else:
-        sys.stdout.buffer.write(value)
+        sys.stdout.buffer.write(value + _terminal_newline(value, sys.stdout))
         sys.stdout.buffer.flush()
 
 
 async def _ls(args: argparse.Namespace) -> None:
-    async with _store(args) as cas:
+    async with await _open_store(args, reads=True, writes=False) as cas:
         hamt = await HAMT.build(
             cas=cas, root_node_id=args.root, values_are_bytes=True, read_only=True
         )
@@ -77,76 +274,179 @@ async def _ls(args: argparse.Namespace) -> None:
 
 
 async def _car_export(args: argparse.Namespace) -> None:
-    async with _store(args) as cas:
-        with open(args.output, "wb") as out:  # noqa: ASYNC230 - buffered local writes
-            count = await export_car(cas, args.root, out)
+    target = anyio.Path(args.output)
+    # A failed export (a wrong ROOT, a missing block) must not leave a truncated CAR that
+    # looks like a good one: write beside the target and rename once complete. Devices and
+    # pipes (-o /dev/stdout) cannot be renamed over, so they are written directly.
+    atomic = not await target.exists() or await target.is_file()
+    partial = target.with_name(f".{target.name}.partial-{os.getpid()}") if atomic else target
+    async with await _open_store(args, reads=True, writes=False) as cas:
+        try:
+            with open(partial, "wb") as out:  # noqa: ASYNC230 - buffered local writes
+                count = await export_car(cas, args.root, out)
+            if atomic:
+                await partial.replace(target)
+        except BaseException:
+            if atomic:
+                with anyio.CancelScope(shield=True):
+                    await partial.unlink(missing_ok=True)
+            raise
     print(f"{count} blocks written to {args.output}", file=sys.stderr)
 
 
 async def _car_import(args: argparse.Namespace) -> None:
-    async with _store(args) as cas:
+    async with await _open_store(args, reads=False, writes=True) as cas:
         with open(args.file, "rb") as source:  # noqa: ASYNC230 - buffered local reads
             roots = await import_car(cas, source)
     for root in roots:
         print(root)
 
 
+# -- command line -------------------------------------------------------------------------
+
+_EXAMPLES: Final = """\
+examples:
+  ROOT=$(anyhamt put greeting hello)        a new map on the local store
+  ROOT=$(anyhamt put other world --root "$ROOT")
+  anyhamt get "$ROOT" greeting              hello
+  anyhamt put greeting hello --kubo http://127.0.0.1:5001   the same map on IPFS
+"""
+
+
 def _parser() -> argparse.ArgumentParser:
     stores = argparse.ArgumentParser(add_help=False)
     where = stores.add_mutually_exclusive_group()
     where.add_argument(
-        "--store", metavar="PATH", help="local block store file (default: the user's store)"
+        "--store",
+        metavar="PATH",
+        help=f"the local block store file (default: {default_store_path()}; with "
+        "ANYHAMT_HOME=DIR set, DIR/blocks.sqlite3)",
     )
-    where.add_argument("--kubo", metavar="RPC_URL", help="use IPFS through this Kubo RPC URL")
-    stores.add_argument("--gateway", metavar="URL", help="gateway to read from (with --kubo)")
+    where.add_argument(
+        "--kubo",
+        metavar="RPC_URL",
+        help="use IPFS through the Kubo daemon whose RPC API is at RPC_URL "
+        f"(Kubo's default: {KuboCAS.KUBO_DEFAULT_LOCAL_RPC_BASE_URL})",
+    )
     stores.add_argument(
-        "--backend", choices=("asyncio", "trio"), default="asyncio", help="event loop to run on"
+        "--gateway",
+        metavar="URL",
+        help="with --kubo: the IPFS gateway blocks are read from "
+        f"(default: {KuboCAS.KUBO_DEFAULT_LOCAL_GATEWAY_BASE_URL})",
+    )
+    stores.add_argument(
+        "--backend",
+        choices=("asyncio", "trio"),
+        default="asyncio",
+        help="event loop to run on (default: asyncio)",
     )
 
     parser = argparse.ArgumentParser(
         prog="anyhamt",
         description="HAMTs on content-addressed storage. Store options go after the command.",
+        epilog=_EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    commands = parser.add_subparsers(dest="command", required=True)
+    commands = parser.add_subparsers(
+        dest="command",
+        required=True,
+        metavar="COMMAND",
+        help="one of these; `anyhamt COMMAND --help` shows its arguments and store options",
+    )
 
-    put = commands.add_parser("put", parents=[stores], help="set KEY; prints the new root")
-    put.add_argument("key")
-    put.add_argument("value", nargs="?")
-    put.add_argument("--file", help="read the value from this file")
-    put.add_argument("--root", help="the HAMT to add to (default: a new one)")
+    put = commands.add_parser(
+        "put",
+        parents=[stores],
+        help="set KEY; prints the new root",
+        description="Set KEY in the map ROOT (or a new map) and print the new map's root CID.",
+    )
+    put.add_argument("key", metavar="KEY", help="the key (UTF-8 text)")
+    put.add_argument(
+        "value",
+        metavar="VALUE",
+        nargs="?",
+        help="the value, stored as these bytes (or give --file)",
+    )
+    put.add_argument("--file", metavar="PATH", help="read the value from this file instead")
+    put.add_argument(
+        "--json",
+        action="store_true",
+        help="the value is DAG-JSON: store it as dag-cbor, as HAMT.set does for Python values",
+    )
+    put.add_argument("--root", metavar="ROOT", help="the map to add to (default: a new map)")
     put.set_defaults(run=_put)
 
-    get = commands.add_parser("get", parents=[stores], help="print the value of KEY")
-    get.add_argument("root")
-    get.add_argument("key")
-    get.add_argument("-o", "--output", help="write the value to this file")
+    get = commands.add_parser(
+        "get",
+        parents=[stores],
+        help="print the value of KEY",
+        description="Print the value "
+        "of KEY in the map ROOT: its bytes as stored (a newline is added on a terminal).",
+    )
+    get.add_argument("root", metavar="ROOT", help="the map's root CID")
+    get.add_argument("key", metavar="KEY", help="the key to look up")
+    get.add_argument("-o", "--output", metavar="FILE", help="write the value to FILE")
+    get.add_argument(
+        "--json",
+        action="store_true",
+        help="decode a dag-cbor value (written by HAMT.set or `put --json`) and print it "
+        'as DAG-JSON: links as {"/": CID}, bytes as {"/": {"bytes": BASE64}}',
+    )
     get.set_defaults(run=_get)
 
     ls = commands.add_parser("ls", parents=[stores], help="list the keys under ROOT")
-    ls.add_argument("root")
+    ls.add_argument("root", metavar="ROOT", help="the map's root CID")
     ls.set_defaults(run=_ls)
 
     car = commands.add_parser("car", help="CAR files (ipfs dag export/import format)")
-    car_commands = car.add_subparsers(dest="car_command", required=True)
+    car_commands = car.add_subparsers(
+        dest="car_command", required=True, metavar="COMMAND", help="export or import"
+    )
     export = car_commands.add_parser("export", parents=[stores], help="write ROOT's DAG")
-    export.add_argument("root")
-    export.add_argument("-o", "--output", required=True, help="the CAR file to write")
+    export.add_argument("root", metavar="ROOT", help="the root CID of the DAG to export")
+    export.add_argument(
+        "-o", "--output", metavar="FILE", required=True, help="the CAR file to write"
+    )
     export.set_defaults(run=_car_export)
     imp = car_commands.add_parser("import", parents=[stores], help="store a CAR's blocks")
-    imp.add_argument("file")
+    imp.add_argument("file", metavar="FILE", help="the CAR file (v1 or v2) to read")
     imp.set_defaults(run=_car_import)
     return parser
 
 
+def _check_text(args: argparse.Namespace) -> None:
+    """Arguments that are text must be UTF-8; argv bytes that are not arrive as surrogate
+    escapes, which would fail deep inside with an unhelpful message."""
+    checks = (
+        ("key", InvalidKeyError, "keys are UTF-8 text"),
+        ("root", InvalidIdError, "a root is a CID"),
+        ("kubo", InvalidConfigError, "a URL is text"),
+        ("gateway", InvalidConfigError, "a URL is text"),
+    )
+    for name, error, why in checks:
+        text = getattr(args, name, None)
+        if text is None:
+            continue
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:
+            raw = os.fsencode(text)
+            raise error(f"the {name.upper()} {raw!r} is not UTF-8 ({why})") from None
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; the exit status (0 ok, 1 an anyhamt error, 2 bad usage)."""
-    args = _parser().parse_args(argv)
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if args.command == "put" and (args.value is None) == (args.file is None):
+        parser.error("put: give VALUE or --file, not both and not neither")
+    if args.gateway is not None and args.kubo is None:
+        parser.error("--gateway is for reading through Kubo: give --kubo RPC_URL as well")
+    if args.backend == "trio" and importlib.util.find_spec("trio") is None:
+        parser.error("--backend trio needs trio: pip install 'anyhamt[trio]'")
     try:
+        _check_text(args)
         anyio.run(args.run, args, backend=args.backend)
-    except KeyError as exc:
-        # KeyNotFoundError is a KeyError: say which key, without a traceback.
-        print(f"anyhamt: {exc}", file=sys.stderr)
-        return 1
     except (AnyHamtError, OSError) as exc:
         print(f"anyhamt: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
