@@ -1,8 +1,9 @@
 """Ids, CIDs and the HAMT node codec: the hot path.
 
-Parsing or building a ``multiformats.CID`` costs ~100 µs, and the general ``dag_cbor`` codec
-spends ~48 ms on a node holding 300 CIDs (DESIGN.md §4). Inside anyhamt a CID is therefore a
-``Link``: the binary CIDv1 as an immutable ``bytes`` subclass, hashed and compared at C speed.
+Parsing or building a ``multiformats.CID`` costs ~100 µs, and the general ``dag_cbor``
+codec spends ~48 ms on a node holding 300 CIDs (measured; docs/architecture.md §5).
+Inside anyhamt a CID is therefore a ``Link``: the binary CIDv1 as an immutable ``bytes``
+subclass, hashed and compared at C speed.
 ``multiformats.CID`` appears only at the public boundary (``to_public``/``from_public``).
 
 Node wire format (identical to py-hamt's): a dag-cbor array of exactly 256 slots. A slot is
@@ -111,12 +112,35 @@ class Link(bytes):
             except ValueError as exc:
                 raise InvalidIdError(f"{text!r} is not a valid base32 CID") from exc
             if raw[:1] == b"\x01":
-                return cls(raw)
+                return cls.from_bytes(raw, text)
         try:
             cid = CID.decode(text)
         except Exception as exc:
             raise InvalidIdError(f"{text!r} is not a CID: {exc}") from exc
         return cls(bytes(cid.set(version=1)))
+
+    @classmethod
+    def from_bytes(cls, raw: bytes, shown: object = None) -> Link:
+        """A binary CIDv1, checked to be whole: version, codec, then a multihash whose
+        digest has exactly the length it declares (a truncated CID fails here, not later
+        as a missing or corrupt block)."""
+        shown = repr(shown if shown is not None else bytes(raw))
+        try:
+            if raw[:1] != b"\x01":
+                raise CorruptBlockError("not version 1")
+            _, pos = decode_varint(raw, 1)
+            _, pos = decode_varint(raw, pos)
+            size, pos = decode_varint(raw, pos)
+        except CorruptBlockError:
+            raise InvalidIdError(
+                f"{shown} is not a whole CIDv1; check that the id was copied completely"
+            ) from None
+        if len(raw) - pos != size:
+            raise InvalidIdError(
+                f"{shown} is not a whole CIDv1 (its digest has {len(raw) - pos} of "
+                f"{size} bytes); check that the id was copied completely"
+            )
+        return cls(raw)
 
 
 def codec_code(codec: str) -> int:

@@ -6,8 +6,10 @@ the same thing, the error also subclasses it, so code written for py-hamt (which
 
     AnyHamtError
     ├── KeyNotFoundError           (KeyError)          a key is not in the map
+    │   └── StoreKeyNotFoundError  (FileNotFoundError) a key is not in a Zarr store
     ├── ReadOnlyError              (PermissionError)   writing to a read-only HAMT or store
-    ├── InvalidKeyError            (TypeError)         a key that is not a str
+    │   └── StoreReadOnlyError     (ValueError)        writing through a read-only Zarr store
+    ├── InvalidKeyError            (TypeError)         a key that is not a str, or not UTF-8
     ├── InvalidValueError          (TypeError)         a value the HAMT cannot store
     ├── InvalidIdError             (TypeError)         an id of the wrong kind for a store
     ├── InvalidConfigError         (ValueError)        a bad constructor argument
@@ -23,6 +25,8 @@ the same thing, the error also subclasses it, so code written for py-hamt (which
     ├── StoreError                                     a store failed to do its job
     │   ├── StoreClosedError                           the store was closed
     │   └── KuboError                                  a Kubo RPC or gateway request failed
+    ├── DecryptionError                                wrong key or header, or altered data
+    ├── DetachedStoreError         (RuntimeError)      a store copy that cannot reach its HAMT
     └── LoopBlockedError           (RuntimeError)      waiting would deadlock an event loop
 """
 
@@ -35,6 +39,8 @@ __all__ = [
     "CarFormatError",
     "CorruptBlockError",
     "CorruptNodeError",
+    "DecryptionError",
+    "DetachedStoreError",
     "HashError",
     "HashExhaustedError",
     "HashTooShortError",
@@ -49,6 +55,8 @@ __all__ = [
     "ReadOnlyError",
     "StoreClosedError",
     "StoreError",
+    "StoreKeyNotFoundError",
+    "StoreReadOnlyError",
 ]
 
 
@@ -64,12 +72,24 @@ class KeyNotFoundError(AnyHamtError, KeyError):
         return str(self.args[0]) if self.args else "key not found"
 
 
+class StoreKeyNotFoundError(KeyNotFoundError, FileNotFoundError):
+    """A Zarr store has no value under the key (zarr expects ``FileNotFoundError``)."""
+
+
 class ReadOnlyError(AnyHamtError, PermissionError):
     """A write was attempted on something opened read-only."""
 
 
+class StoreReadOnlyError(ReadOnlyError, ValueError):
+    """A write through a read-only Zarr store, or a writable store over a read-only HAMT.
+
+    Also a ``ValueError``: that is what zarr's own stores raise here, so code written
+    against zarr keeps catching it.
+    """
+
+
 class InvalidKeyError(AnyHamtError, TypeError):
-    """A key that is not a ``str``."""
+    """A key that is not a ``str``, or a ``str`` with no UTF-8 form (a lone surrogate)."""
 
 
 class InvalidValueError(AnyHamtError, TypeError):
@@ -141,6 +161,21 @@ class KuboError(StoreError):
         super().__init__(message)
         self.status_code = status_code
         self.url = url
+
+
+class DecryptionError(AnyHamtError):
+    """An encrypted value did not decrypt: wrong key or header, or the bytes were altered.
+
+    Deliberately says nothing more (authenticated encryption cannot tell which).
+    """
+
+
+class DetachedStoreError(AnyHamtError, RuntimeError):
+    """A copy of a Zarr store (pickled to another process) that cannot reach its HAMT.
+
+    A writable HAMT buffers its changes in the process that holds it; a copy elsewhere
+    could only write into a private copy that nobody flushes, losing the data.
+    """
 
 
 class LoopBlockedError(AnyHamtError, RuntimeError):

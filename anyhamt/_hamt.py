@@ -39,8 +39,11 @@ from ._errors import (
     KeyNotFoundError,
     ReadOnlyError,
 )
+from ._loops import repair_sniffio
+from ._sorted_keys import SortedKeys
 from ._sync import CrossLoopLock, SingleFlight
 from ._tasks import map_bounded
+from .cas._base import check_range
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -60,6 +63,8 @@ _FLUSH_BATCH: Final = 1024
 _WALK_CONCURRENCY: Final = 32
 # "Not found in the cache" (None is a valid pointer for a custom store).
 _MISS: Final[Any] = object()
+# The single-flight key of building the sorted key index (never equal to a pointer).
+_INDEX_BUILD: Final = ("sorted key index",)
 
 
 def blake3_hashfn(input_bytes: bytes) -> bytes:
@@ -145,6 +150,12 @@ class HAMT:
         self._lock = CrossLoopLock()
         self._cache = LRUCache(cache_bytes)
         self._loads = SingleFlight()
+        # Every key in sorted order, built on first request (Zarr listings) and then kept in
+        # step by set/delete under the lock; None until then.
+        self._sorted_keys: SortedKeys | None = None
+        # Called with each key a set/delete changed, under the lock (the Zarr stores drop
+        # cached metadata with it, also for writes made on the HAMT directly).
+        self._on_change: Callable[[str], None] | None = None
 
     @classmethod
     async def build(cls, *args: Any, **kwargs: Any) -> Self:
@@ -153,6 +164,7 @@ class HAMT:
         A read-only HAMT with no root saves the empty node to the store so that
         ``root_node_id`` is valid at once.
         """
+        repair_sniffio()
         hamt = cls(*args, **kwargs)
         if hamt._root is None and hamt.read_only:
             async with hamt._lock:
@@ -174,6 +186,7 @@ class HAMT:
     def root_node_id(self, value: Any) -> None:
         self._root = _parse_root(value)
         self._tree = None if self._root is not None else _WriteNode(empty_slots(), None, True)
+        self._sorted_keys = None
 
     # -- mode switches ----------------------------------------------------------------------
 
@@ -183,17 +196,20 @@ class HAMT:
         Afterwards ``root_node_id`` is the root of the whole map, and every block it needs
         has been made durable (``cas.flush()``).
         """
+        repair_sniffio()
         async with self._lock:
             await self._flush_locked()
             self.read_only = True
 
     async def enable_write(self) -> None:
         """Switch to read-write mode (a no-op when already writable)."""
+        repair_sniffio()
         async with self._lock:
             self.read_only = False
 
     async def cache_size(self) -> int:
         """Approximate bytes of memory held by the read cache and the write buffer."""
+        repair_sniffio()
         async with self._lock:
             size = self._cache.nbytes
             if self._tree is not None:
@@ -206,15 +222,18 @@ class HAMT:
 
     async def cache_vacate(self) -> None:
         """Empty the caches; in read-write mode, save the buffered changes first."""
+        repair_sniffio()
         async with self._lock:
             if self._tree is not None:
                 await self._flush_locked()
             self._cache.clear()
+            self._sorted_keys = None
 
     # -- writes ---------------------------------------------------------------------------
 
     async def set(self, key: str, val: Any) -> None:
         """Map ``key`` to ``val``."""
+        repair_sniffio()
         if self.read_only:
             raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
         key_hash = self._hash(key)
@@ -227,24 +246,83 @@ class HAMT:
             if self.read_only:
                 raise ReadOnlyError("this HAMT became read-only before the write could happen")
             await self._insert(key, key_hash, pointer)
+            self._changed(key, added=True)
         finally:
             lock.release()
 
     async def set_pointer(self, key: str, pointer: Any) -> None:
         """Map ``key`` to a block that is already in the store (an id from ``cas.save``)."""
+        repair_sniffio()
         if self.read_only:
             raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
         key_hash = self._hash(key)
         async with self._lock:
             await self._insert(key, key_hash, from_public(pointer))
+            self._changed(key, added=True)
 
     async def delete(self, key: str) -> None:
         """Remove ``key``; ``KeyNotFoundError`` (a ``KeyError``) if it is not there."""
+        repair_sniffio()
         if self.read_only:
             raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
         key_hash = self._hash(key)
         async with self._lock:
             await self._remove(key, key_hash)
+            self._changed(key, added=False)
+
+    async def _set_if_absent(self, key: str, val: Any) -> bool:
+        """Map ``key`` to ``val`` unless it is mapped already; True if it was set.
+
+        Atomic with every other write: the check and the insert happen under one hold of
+        the lock. (The value block may be saved even when the key exists; that is harmless.)
+        """
+        repair_sniffio()
+        if self.read_only:
+            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
+        key_hash = self._hash(key)
+        data = val if self.values_are_bytes and type(val) is bytes else self._encode_value(val)
+        pointer = await self.cas._save_id(data, "raw")
+        async with self._lock:
+            if self.read_only:
+                raise ReadOnlyError("this HAMT became read-only before the write could happen")
+            try:
+                await self._get_pointer_locked(key, key_hash)
+            except KeyNotFoundError:
+                await self._insert(key, key_hash, pointer)
+                self._changed(key, added=True)
+                return True
+            return False
+
+    def _changed(self, key: str, *, added: bool) -> None:
+        # Caller holds the lock and has just changed ``key``.
+        index = self._sorted_keys
+        if index is not None:
+            if added:
+                index.add(key)
+            else:
+                index.discard(key)
+        if self._on_change is not None:
+            self._on_change(key)
+
+    async def _key_index(self) -> SortedKeys:
+        """Every key, sorted; built by one walk of the map on first use, then kept current.
+
+        Shared (never mutate it): ``set``/``delete`` update it under the lock, so a listing
+        sees either all or none of a concurrent write.
+        """
+        repair_sniffio()
+        index = self._sorted_keys
+        if index is not None:
+            return index
+        return cast("SortedKeys", await self._loads.run(_INDEX_BUILD, self._build_key_index))
+
+    async def _build_key_index(self) -> SortedKeys:
+        # Under the lock, so no write lands between the walk and the index taking over.
+        async with self._lock:
+            if self._sorted_keys is None:
+                keys = [key async for bucket in self._iter_buckets_locked() for key in bucket]
+                self._sorted_keys = SortedKeys(keys)
+            return self._sorted_keys
 
     # -- reads ----------------------------------------------------------------------------
 
@@ -256,6 +334,9 @@ class HAMT:
         suffix: int | None = None,
     ) -> Any:
         """The value of ``key`` (or a byte range of it); ``KeyNotFoundError`` if absent."""
+        repair_sniffio()
+        if offset is not None or length is not None or suffix is not None:
+            check_range(offset, length, suffix)
         key_hash = self._hash(key)
         pointer = _MISS
         if self.read_only and self._tree is None:
@@ -275,6 +356,7 @@ class HAMT:
 
     async def get_pointer(self, key: str) -> Any:
         """The id of the block holding ``key``'s value, as the store hands ids out."""
+        repair_sniffio()
         return to_public(await self._get_pointer(key, self._hash(key)))
 
     async def keys(self) -> AsyncIterator[str]:
@@ -282,6 +364,7 @@ class HAMT:
 
         In read-write mode the keys are those present when iteration starts.
         """
+        repair_sniffio()
         if self.read_only:
             async for bucket in self._iter_buckets_stored(self._root):
                 for key in bucket:
@@ -294,6 +377,7 @@ class HAMT:
 
     async def len(self) -> int:
         """The number of keys."""
+        repair_sniffio()
         if self.read_only:
             return sum([len(b) async for b in self._iter_buckets_stored(self._root)])
         async with self._lock:
@@ -304,7 +388,16 @@ class HAMT:
     def _hash(self, key: str) -> bytes:
         if type(key) is not str:
             raise InvalidKeyError(f"HAMT keys must be str, got {type(key).__name__}")
-        key_hash = self.hash_fn(key.encode("utf-8"))
+        try:
+            encoded = key.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            # A lone surrogate ("\ud800", or undecodable bytes smuggled in through
+            # surrogateescape) has no UTF-8 form, so it cannot be hashed like py-hamt does.
+            raise InvalidKeyError(
+                f"HAMT keys must be encodable as UTF-8; {key!r} is not ({exc.reason}). "
+                "Decode bytes keys with errors='strict' or pick another name"
+            ) from exc
+        key_hash = self.hash_fn(encoded)
         if not isinstance(key_hash, bytes) or len(key_hash) < 1:
             raise HashTooShortError(
                 f"hash_fn must return at least 1 byte of bytes, got {key_hash!r}; "
@@ -365,21 +458,24 @@ class HAMT:
         if self.read_only and self._tree is None:
             return await self._lookup_stored(key, key_hash, self._root, 0)
         async with self._lock:
-            if self._tree is None:
-                return await self._lookup_stored(key, key_hash, self._root, 0)
-            node = self._tree
-            depth = 0
-            while True:
-                slot = node.slots[self._slot(key_hash, depth, key)]
-                if type(slot) is _WriteNode:
-                    node = slot
-                    depth += 1
-                    continue
-                if type(slot) is list:
-                    return await self._lookup_stored(key, key_hash, slot[0], depth + 1)
-                if slot is None or key not in slot:
-                    raise KeyNotFoundError(key)
-                return slot[key]
+            return await self._get_pointer_locked(key, key_hash)
+
+    async def _get_pointer_locked(self, key: str, key_hash: bytes) -> Pointer:
+        if self._tree is None:
+            return await self._lookup_stored(key, key_hash, self._root, 0)
+        node = self._tree
+        depth = 0
+        while True:
+            slot = node.slots[self._slot(key_hash, depth, key)]
+            if type(slot) is _WriteNode:
+                node = slot
+                depth += 1
+                continue
+            if type(slot) is list:
+                return await self._lookup_stored(key, key_hash, slot[0], depth + 1)
+            if slot is None or key not in slot:
+                raise KeyNotFoundError(key)
+            return slot[key]
 
     def _find_cached(self, key: str, key_hash: bytes) -> Pointer:
         """The lookup of a read-only HAMT without awaiting: ``_MISS`` if a node is not cached.

@@ -1,7 +1,7 @@
 """Synchronisation that works across event loops and threads.
 
 anyio's own Lock and Event belong to the loop that first uses them, and used from two
-threads at once they lose wake-ups (DESIGN.md §3). zarr runs store coroutines on its own
+threads at once they lose wake-ups (docs/architecture.md §3). zarr runs store coroutines on its own
 asyncio loop in a daemon thread while the application runs asyncio or trio on another, so
 a HAMT's lock and its single-flight loads must serve waiters on any loop.
 

@@ -61,12 +61,29 @@ def _pyenv_root() -> str:
 
 
 def _python312() -> str | None:
+    # pyenv's own interpreters first (newest 3.12 last in the sort): a `python3.12` on PATH
+    # may be pyenv's shim, which fails unless 3.12 is the selected version.
     pattern = os.path.join(_pyenv_root(), "versions", "3.12*", "bin", "python")
-    candidates = sorted(glob.glob(pattern))
+    candidates = sorted(glob.glob(pattern), reverse=True)
     found = shutil.which("python3.12")
     if found:
         candidates.append(found)
-    return candidates[-1] if candidates else None
+    for candidate in candidates:
+        try:
+            ok = (
+                subprocess.run(
+                    [candidate, "-c", "import sys; sys.exit(sys.version_info[:2] != (3, 12))"],
+                    capture_output=True,
+                    timeout=60,
+                    check=False,
+                ).returncode
+                == 0
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            ok = False
+        if ok:
+            return candidate
+    return None
 
 
 def _create_venv() -> str | None:

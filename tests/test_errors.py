@@ -17,6 +17,8 @@ from anyhamt import (
     InMemoryCAS,
     InvalidConfigError,
     InvalidIdError,
+    InvalidKeyError,
+    InvalidRangeError,
     LocalCAS,
     blake3_hashfn,
 )
@@ -143,17 +145,34 @@ async def test_corrupt_node_inside_the_tree_leaves_the_map_unchanged() -> None:
     child = next(
         ptr for ptr, data in cas.store.items() if ptr != root and data.startswith(b"\x99\x01\x00")
     )
+    original = cas.store[child]
     cas.store[child] = b"\x99\x01\x00garbage"
     writer = HAMT(cas=cas, root_node_id=root, values_are_bytes=True)
     errors = 0
+    succeeded: list[str] = []
     for i in range(2000):
         try:
             await writer.set(f"k{i}", b"changed")
         except CorruptNodeError:
             errors += 1
+        else:
+            succeeded.append(f"k{i}")
     assert errors > 0
     with pytest.raises(CorruptNodeError):
         await writer.len()
+    # Every failed set left nothing behind: with the node's bytes restored, the keys whose
+    # set failed still hold the old value and the others the new one.
+    cas.store[child] = original
+    expected = {f"k{i}": b"v" for i in range(2000)}
+    expected.update({key: b"changed" for key in succeeded})
+    assert len(succeeded) == 2000 - errors
+    assert await snapshot(writer) == expected
+    await writer.make_read_only()
+    reference = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True)
+    for key, value in expected.items():
+        await reference.set(key, value)
+    await reference.make_read_only()
+    assert writer.root_node_id == reference.root_node_id
 
 
 async def test_wrong_id_types_for_the_store(tmp_path: Path) -> None:
@@ -166,3 +185,90 @@ async def test_wrong_id_types_for_the_store(tmp_path: Path) -> None:
             await local.load(await memory.save(b"x", "raw"))
         with pytest.raises(InvalidIdError):
             HAMT(cas=local, root_node_id="not a cid")
+
+
+# -- typed errors at every edge (issue #6 item 6) -------------------------------------------
+
+
+async def stored_map(cas: Any = None) -> HAMT:
+    hamt = await HAMT.build(cas=cas or InMemoryCAS(), values_are_bytes=True)
+    for i in range(50):
+        await hamt.set(f"k{i}", f"v{i}".encode())
+    return hamt
+
+
+@pytest.mark.parametrize("key", ["\ud800", "caf\udce9", "\udfff-tail"])
+async def test_key_with_no_utf8_form(key: str) -> None:
+    hamt = await stored_map()
+    before = await snapshot(hamt)
+    with pytest.raises(InvalidKeyError, match="UTF-8"):
+        await hamt.set(key, b"x")
+    with pytest.raises(InvalidKeyError, match="UTF-8"):
+        await hamt.get(key)
+    with pytest.raises(InvalidKeyError, match="UTF-8"):
+        await hamt.delete(key)
+    with pytest.raises(InvalidKeyError, match="UTF-8"):
+        await hamt.get_pointer(key)
+    assert await snapshot(hamt) == before
+    await hamt.make_read_only()
+    with pytest.raises(InvalidKeyError, match="UTF-8"):
+        await hamt.get(key)  # the read-only fast path too
+
+
+BAD_RANGES = [
+    {"offset": 1.5},
+    {"offset": "1"},
+    {"length": 2.5},
+    {"offset": 0, "length": "2"},
+    {"suffix": 1.0},
+    {"offset": True},
+]
+
+
+@pytest.mark.parametrize("bad", BAD_RANGES, ids=lambda r: repr(r))
+@pytest.mark.parametrize("read_only", [False, True], ids=["writable", "read-only"])
+async def test_range_of_wrong_type_from_the_hamt(bad: dict[str, Any], read_only: bool) -> None:
+    hamt = await stored_map()
+    if read_only:
+        await hamt.make_read_only()
+    before = await snapshot(hamt)
+    with pytest.raises(InvalidRangeError, match="must be an int"):
+        await hamt.get("k1", **bad)
+    with pytest.raises(InvalidRangeError):
+        await hamt.get("no such key", **bad)  # checked before the lookup
+    assert await snapshot(hamt) == before
+
+
+@pytest.mark.parametrize("bad", BAD_RANGES, ids=lambda r: repr(r))
+@pytest.mark.parametrize("kind", ["memory", "local"])
+async def test_range_of_wrong_type_from_a_store(
+    bad: dict[str, Any], kind: str, tmp_path: Path
+) -> None:
+    async with InMemoryCAS() if kind == "memory" else LocalCAS(tmp_path / "b.db") as cas:
+        block = await cas.save(b"0123456789", "raw")
+        with pytest.raises(InvalidRangeError, match="must be an int"):
+            await cas.load(block, **bad)
+        assert await cas.load(block, offset=2, length=3) == b"234"
+
+
+@pytest.mark.parametrize(
+    "root",
+    [
+        "bae",  # cut off inside the multihash header
+        "bafyreia",  # a whole header, no digest
+        "bafyr4igb3js3dqlnsvmbi533lhghfet3l4r35vbi7mlrvxjb6f3n5wkc",  # digest cut short
+        "not a cid",
+    ],
+)
+async def test_truncated_root_is_rejected_at_build_time(root: str, tmp_path: Path) -> None:
+    async with LocalCAS(tmp_path / "b.db") as cas:
+        with pytest.raises(InvalidIdError, match="CID"):
+            await HAMT.build(cas=cas, root_node_id=root, read_only=True)
+        with pytest.raises(InvalidIdError, match="CID"):
+            HAMT(cas=cas, root_node_id=root)
+        hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+        await hamt.set("a", b"1")
+        await hamt.make_read_only()
+        whole = str(hamt.root_node_id)
+        again = await HAMT.build(cas=cas, root_node_id=whole, read_only=True, values_are_bytes=True)
+        assert await again.get("a") == b"1"

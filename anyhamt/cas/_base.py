@@ -15,7 +15,20 @@ if TYPE_CHECKING:
 
     from .._codec import Pointer
 
-__all__ = ["ContentAddressedStore", "slice_block"]
+__all__ = ["ContentAddressedStore", "check_range", "slice_block"]
+
+
+def check_range(offset: object, length: object, suffix: object) -> None:
+    """Reject a range whose parts are not ``None`` or plain ints, before any I/O.
+
+    ``1.5`` or ``"1"`` would otherwise fail deep inside slicing with a bare ``TypeError``
+    (or, for a float that happens to be whole, silently work on one store and not another).
+    """
+    for name, value in (("offset", offset), ("length", length), ("suffix", suffix)):
+        if value is not None and (type(value) is not int):
+            raise InvalidRangeError(
+                f"{name} must be an int or None, got {type(value).__name__} {value!r}"
+            )
 
 
 def slice_block(
@@ -29,6 +42,7 @@ def slice_block(
     """
     if offset is None and length is None and suffix is None:
         return data
+    check_range(offset, length, suffix)
     if suffix is not None:
         if offset is not None or length is not None:
             raise InvalidRangeError("give either offset/length or suffix, not both")
@@ -119,6 +133,18 @@ class ContentAddressedStore(ABC):
         suffix: int | None = None,
     ) -> bytes:
         return await self.load(to_public(ptr), offset, length, suffix)
+
+    async def _size_id(self, ptr: Pointer) -> int:
+        """The length of the whole value ``_load_id(ptr)`` returns, and so a test that it
+        exists: ``BlockNotFoundError`` when the store does not hold it.
+
+        Stores answer from what they hold about the value without reading all of it where
+        they can (a stored block's length; a UnixFS file's root node), so the answer is
+        not a verification: a block that was corrupted in place may still report its
+        length, and the read reports the corruption. This fallback, for stores that know
+        no better, loads the whole value.
+        """
+        return len(await self._load_id(ptr))
 
     async def _save_many(self, blocks: Sequence[bytes], codec: CodecInput) -> list[Pointer]:
         """Save many blocks; ids in the same order. Stores that batch override this."""

@@ -4,13 +4,13 @@ Writes go to the RPC API (``/api/v0/block/put``), many blocks per request; reads
 gateway (``/ipfs/{cid}?format=raw``) and every block read is checked against its CID.
 
 Event loops. An ``httpx.AsyncClient`` and an ``anyio.CapacityLimiter`` belong to the loop
-that created them (DESIGN.md §3), so a KuboCAS keeps one of each per running loop, keyed by
-the loop's token, in a dict guarded by a ``threading.Lock``. Next to each client it starts a
-small background task on that loop (the "keeper") whose only job is to close the client on
-that loop: when ``aclose()`` asks (from whichever loop), when the store is garbage
-collected, or when the loop itself shuts down and cancels its tasks. That is what lets one
-KuboCAS serve zarr's asyncio loop and a trio application at the same time without leaking
-connections or warnings.
+that created them (docs/architecture.md §3), so a KuboCAS keeps one of each per running
+loop, keyed by the loop's token, in a dict guarded by a ``threading.Lock``. Next to each
+client it starts a small background task on that loop (the "keeper") whose only job is to
+close the client on that loop: when ``aclose()`` asks (from whichever loop), when the
+store is garbage collected, or when the loop itself shuts down and cancels its tasks. That
+is what lets one KuboCAS serve zarr's asyncio loop and a trio application at the same time
+without leaking connections or warnings.
 
 Writes. ``save`` (the public, py-hamt method) writes through: when it returns, Kubo has
 the block. The HAMT's fast path (``_save_id``/``_save_many``) only queues blocks and names
@@ -58,11 +58,12 @@ from .._errors import (
     InvalidRangeError,
     KuboError,
 )
+from .._loops import repair_sniffio
 from .._tasks import map_bounded
 from ._base import ContentAddressedStore, slice_block
 from ._http import FastPool, FastTarget, fast_target
 from ._local import as_link
-from ._unixfs import build_file, read_file
+from ._unixfs import build_file, file_size, read_file, read_file_range
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
@@ -540,6 +541,38 @@ class KuboCAS(ContentAddressedStore):
     def __repr__(self) -> str:
         return f"KuboCAS(rpc={self.rpc_base_url!r}, gateways={self.gateway_base_urls!r})"
 
+    def __reduce__(self) -> tuple[Callable[..., KuboCAS], tuple[Any, ...]]:
+        """Pickle to the configuration, never to live clients, locks or queued blocks.
+
+        The copy (a dask worker's, say) opens its own clients on first use. Credentials
+        travel with it only when configured (``headers``/``auth``, or those of a ``client``
+        passed in, which itself stays behind); ``client_factory`` and ``transport`` are
+        pickled as they are, so they must be picklable. Blocks saved but not yet flushed
+        stay here: flush (``make_read_only()``) before sending a store elsewhere.
+        """
+        settings = {
+            "hasher": self.hasher,
+            "rpc_base_url": self.rpc_base_url,
+            "gateway_base_urls": list(self.gateway_base_urls),
+            "concurrency": self.concurrency,
+            "verify": self.verify,
+            "client_factory": self._client_factory,
+            "transport": self._transport,
+            "headers": dict(self._headers) or None,
+            "auth": self._auth,
+            "pin_on_add": self.pin_on_add,
+            "chunker": self.chunker,
+            "max_retries": self.max_retries,
+            "initial_delay": self.initial_delay,
+            "backoff_factor": self.backoff_factor,
+            "max_retry_after": self.max_retry_after,
+            "batch_blocks": self.batch_blocks,
+            "batch_bytes": self.batch_bytes,
+        }
+        timeout = self._timeout
+        limits = (timeout.connect, timeout.read, timeout.write, timeout.pool)
+        return (_unpickle_kubo, (settings, limits))
+
     # -- ids ------------------------------------------------------------------------------
 
     def _link(self, codec: int, data: bytes) -> Link:
@@ -601,6 +634,7 @@ class KuboCAS(ContentAddressedStore):
         path and not yet flushed are discarded (a HAMT flushes before it reports a root).
         Cancellation: the close of this loop's client is shielded and completes.
         """
+        repair_sniffio()
         with self._mutex:
             states = list(self._loops.values())
             self._loops.clear()
@@ -731,6 +765,7 @@ class KuboCAS(ContentAddressedStore):
 
         Cancellation: the block may or may not have been stored; saving again is safe.
         """
+        repair_sniffio()
         code = codec_code(codec)
         planned = self._blocks_for(data, code)
         if planned is None:
@@ -741,6 +776,7 @@ class KuboCAS(ContentAddressedStore):
 
     async def put_block(self, id: Any, data: bytes) -> None:
         """Queue a block named elsewhere (CAR import) after checking it; ``flush()`` stores it."""
+        repair_sniffio()
         link = as_link(id)
         verify_block(link, data)
         await self._enqueue([_Block(link, link.codec, bytes(data))])
@@ -777,6 +813,7 @@ class KuboCAS(ContentAddressedStore):
         calling ``flush()`` again (say, once the daemon is back) finishes the job.
         Cancellation: some blocks may have been stored; the rest stay queued.
         """
+        repair_sniffio()
         while True:
             batches = self._take_batches(everything=True)
             if batches:
@@ -1015,6 +1052,7 @@ class KuboCAS(ContentAddressedStore):
 
         Cancellation: nothing happens.
         """
+        repair_sniffio()
         return await self._load_id(as_link(id), offset, length, suffix)
 
     async def _load_id(
@@ -1028,19 +1066,74 @@ class KuboCAS(ContentAddressedStore):
         _slice(b"", offset, length, suffix)  # reject bad arguments before any I/O
         if (offset is not None and length == 0) or (offset is None and suffix == 0):
             return b""
+        if link.codec == DAG_PB and (self.verify or link in self._pending):
+            # A UnixFS file, read block by block: each block verified, and for a range only
+            # the blocks it covers. A queued root is read this way too (its bytes are the
+            # node, not the file), since no gateway has it yet.
+            if offset is None and length is None and suffix is None:
+                return await read_file(link, self._block)
+            return await read_file_range(
+                link, self._block, offset, length, suffix, concurrency=self.concurrency
+            )
         pending = self._pending.get(link)
         if pending is not None:
             return _slice(pending.data, offset, length, suffix)
         if self.verify:
-            data = await (
-                read_file(link, self._block) if link.codec == DAG_PB else self._fetch(link)
-            )
-            return _slice(data, offset, length, suffix)
+            return _slice(await self._fetch(link), offset, length, suffix)
         return await self._fetch(link, offset, length, suffix, ranged=True)
+
+    async def _size_id(self, ptr: Any) -> int:
+        """The length of the value ``ptr`` names (see the base class): for a UnixFS file
+        its root's filesize (the root is fetched and verified, nothing under it); for any
+        other block the Content-Length a gateway gives a ``HEAD`` of its raw bytes, so the
+        block is neither fetched nor verified. Queued blocks are answered from memory.
+
+        Cancellation: nothing happens.
+        """
+        link = ptr if type(ptr) is Link else as_link(ptr)
+        if link.codec == DAG_PB:
+            return file_size(await self._block(link))
+        pending = self._pending.get(link)
+        if pending is not None:
+            return len(pending.data)
+        fn, digest = link.multihash()
+        if fn == 0x00:  # identity: the block is inside the CID
+            return len(digest)
+        size = await self._head_size(link)
+        # No gateway gave a usable answer to HEAD: a GET settles it (and raises as reads do).
+        return len(await self._fetch(link)) if size is None else size
+
+    async def _head_size(self, link: Link) -> int | None:
+        """A block's size from the first gateway that answers ``HEAD`` with a plain 200 and
+        a Content-Length; ``BlockNotFoundError`` if every gateway says it has no such
+        block; None otherwise."""
+        not_found = 0
+        text = str(link)
+        for gateway in self._ordered_gateways():
+            health = self._health[gateway]
+            try:
+                response = await self._request("HEAD", f"{gateway}{text}?format=raw")
+            except KuboError:
+                health.failed()
+                continue
+            if response.status_code in (404, 410):
+                not_found += 1
+                continue
+            length = response.headers.get("Content-Length", "")
+            if response.status_code == 200 and length.isdigit():
+                health.ok()
+                return int(length)
+        if not_found == len(self.gateway_base_urls):
+            raise BlockNotFoundError(
+                f"{link} is not on {'any of the gateways' if not_found > 1 else 'the gateway'} "
+                f"({', '.join(self.gateway_base_urls)})"
+            )
+        return None
 
     async def get_block(self, id: Any) -> bytes:
         """The raw bytes of one block, always verified; for a dag-pb CID the encoded node,
         not the file it heads (``load`` gives the file). Cancellation: nothing happens."""
+        repair_sniffio()
         return await self._block(as_link(id))
 
     async def _block(self, link: Link) -> bytes:
@@ -1222,11 +1315,13 @@ class KuboCAS(ContentAddressedStore):
 
         Cancellation: the pin may or may not have been added.
         """
+        repair_sniffio()
         await self.flush()
         await self._rpc("pin/add", {"arg": str(as_link(id)), "recursive": "true"}, target_rpc)
 
     async def unpin_cid(self, id: Any, target_rpc: str | None = None) -> None:
         """Remove the recursive pin of ``id``. Cancellation: it may or may not be removed."""
+        repair_sniffio()
         await self._rpc("pin/rm", {"arg": str(as_link(id)), "recursive": "true"}, target_rpc)
 
     async def pin_update(self, old_id: Any, new_id: Any, target_rpc: str | None = None) -> None:
@@ -1234,6 +1329,7 @@ class KuboCAS(ContentAddressedStore):
 
         Cancellation: either pin may be in place afterwards.
         """
+        repair_sniffio()
         await self.flush()
         params = [("arg", str(as_link(old_id))), ("arg", str(as_link(new_id)))]
         await self._rpc("pin/update", params, target_rpc)
@@ -1244,6 +1340,7 @@ class KuboCAS(ContentAddressedStore):
         This is the shape py-hamt returned (its annotation said list), so ``str(cid) in
         await cas.pin_ls()`` keeps working. Cancellation: nothing happens.
         """
+        repair_sniffio()
         response = await self._rpc("pin/ls", {"stream": "true"}, target_rpc)
         pins: dict[str, dict[str, Any]] = {}
         for line in response.content.splitlines():
@@ -1251,3 +1348,16 @@ class KuboCAS(ContentAddressedStore):
                 entry = json.loads(line)
                 pins[entry["Cid"]] = {"Type": entry["Type"]}
         return pins
+
+
+def _unpickle_kubo(settings: dict[str, Any], limits: tuple[float | None, ...]) -> KuboCAS:
+    if len(set(limits)) == 1 and limits[0] is not None:
+        return KuboCAS(**settings, timeout=limits[0])
+    # Uneven limits came from a client's Timeout: keep them, as the original did.
+    cas = KuboCAS(**settings)
+    connect, read, write, pool = limits
+    cas._timeout = httpx.Timeout(connect=connect, read=read, write=write, pool=pool)
+    known = [t for t in limits if t is not None]
+    if cas._fast_timeout is not None:
+        cas._fast_timeout = max(known) if len(known) == 4 else None
+    return cas

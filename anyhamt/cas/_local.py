@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sqlite3
 import threading
 import time
+import warnings
 import weakref
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
@@ -15,6 +17,7 @@ from multiformats import CID
 
 from .._codec import DAG_PB, Link, codec_code, make_link, verify_block
 from .._errors import (
+    AnyHamtError,
     BlockNotFoundError,
     InvalidConfigError,
     InvalidIdError,
@@ -23,10 +26,10 @@ from .._errors import (
     StoreError,
 )
 from ._base import ContentAddressedStore, slice_block
-from ._unixfs import build_file, read_file
+from ._unixfs import build_file, file_size, read_file, read_file_range
 
 if TYPE_CHECKING:
-    from collections.abc import Iterator, Sequence
+    from collections.abc import Callable, Iterator, Sequence
 
 __all__ = ["LocalCAS", "default_store_path"]
 
@@ -62,13 +65,55 @@ def as_link(id: Any) -> Link:
     )
 
 
+class _Failure:
+    """Why a batch did not land: a message naming the store, and the exception behind it.
+
+    Each flush it reaches raises a fresh ``StoreError`` from it (one exception object
+    raised in several tasks at once would collect their tracebacks).
+    """
+
+    __slots__ = ("cause", "message")
+
+    def __init__(self, message: str, cause: BaseException | None) -> None:
+        self.message = message
+        self.cause = cause
+
+    def error(self) -> StoreError:
+        error = StoreError(self.message)
+        error.__cause__ = self.cause
+        return error
+
+
+class _Waiter:
+    """A ``flush()`` (or the close) waiting for the batches queued before it.
+
+    It covers every batch whose sequence number is at most ``last`` and that had not
+    landed when it started: all the batches that held a block saved before it. The writer
+    hands each of those that fails to it, so every flush whose blocks were in a failed
+    batch fails, however many wait for the same batch.
+    """
+
+    __slots__ = ("failure", "last", "released")
+
+    def __init__(self, last: int, failure: _Failure | None) -> None:
+        self.last = last
+        self.failure = failure
+        self.released = False
+
+
 class _Database:
     """The SQLite file, the blocks not yet committed to it, and the thread that commits them.
 
-    Saved blocks collect in ``pending``; a full batch moves to ``committing``, a queue a
-    writer thread empties one transaction at a time. Both stay readable until the commit
-    has landed. Kept apart from ``LocalCAS`` so a finalizer can commit what is pending when
-    the store is dropped without ``aclose()``.
+    Saved blocks collect in ``pending``; a full batch (or a flush) moves them to
+    ``committing``, a queue of numbered batches that a writer thread lands one transaction
+    at a time, in order. Both stay readable until the commit has landed; a batch that fails
+    goes back to ``pending``, so its blocks stay readable and the next flush retries them.
+    Kept apart from ``LocalCAS`` so a finalizer can commit what is pending when the store
+    is dropped without ``aclose()``.
+
+    Nothing here can wait for ever: every batch queued lands (committed, or failed with its
+    error handed to the flushes that cover it), and a writer thread that dies fails what is
+    left with the reason and lets the next batch start a new one.
     """
 
     def __init__(self, path: Path, read_only: bool) -> None:
@@ -78,22 +123,23 @@ class _Database:
         self.changed = threading.Condition(self.mutex)  # a batch was queued or landed
         self.pending: dict[Link, bytes] = {}
         self.pending_bytes = 0
-        self.committing: list[dict[Link, bytes]] = []
-        self.error: StoreError | None = None
+        self.committing: list[tuple[int, dict[Link, bytes]]] = []
+        self.queued = 0  # sequence number of the last batch queued
+        self.landed = 0  # ... and of the last one the writer finished with
+        self.waiters: set[_Waiter] = set()
+        # A failure no waiting flush covered (a batch queued because it was full, or whose
+        # flushes were all cancelled): the next flush reports it.
+        self.unreported: _Failure | None = None
         self.closed = False
-        self._stopping = False
         self._thread: threading.Thread | None = None
+        self._writer: sqlite3.Connection | None = None  # the writer thread's own
         self._reader: sqlite3.Connection | None = None
+
+    # -- connections ------------------------------------------------------------------------
 
     def _connect(self) -> sqlite3.Connection:
         if self.read_only:
-            if not self.path.exists():
-                raise BlockNotFoundError(f"no anyhamt block store at {self.path}")
-            conn = sqlite3.connect(
-                f"file:{self.path}?mode=ro", uri=True, check_same_thread=False, isolation_level=None
-            )
-            conn.execute("PRAGMA busy_timeout = 30000")
-            return conn
+            return self._connect_read_only()
         self.path.parent.mkdir(parents=True, exist_ok=True)
         # Switching to WAL needs a moment of exclusive access that the busy timeout does
         # not wait for, so two processes opening a new file at once must retry.
@@ -116,14 +162,71 @@ class _Database:
                     raise
                 time.sleep(min(0.01 * (attempt + 1), 0.2))
                 continue
-            if version > _SCHEMA_VERSION:
+            except BaseException:
                 conn.close()
-                raise StoreError(
-                    f"{self.path} was written by a newer anyhamt (format {version}); "
-                    "upgrade anyhamt"
-                )
+                raise
+            self._check_version(conn, version)
             return conn
         raise StoreError(f"{self.path} stayed locked by another process; try again")
+
+    def _connect_read_only(self) -> sqlite3.Connection:
+        """Open the store for reading without writing anything, also on read-only media.
+
+        ``mode=ro`` is the normal way, and sees commits a writer makes while it is open.
+        But a WAL database is read through its ``-shm`` index, which a reader creates when
+        it is missing (the last connection to close deletes it): on a read-only mount that
+        fails with "unable to open database file". There the file is opened ``immutable``:
+        SQLite then takes no locks and ignores the ``-shm``, trusting that nobody changes
+        the file. That is safe exactly when no writer can be active, which holds when
+        ``mode=ro`` failed because the filesystem is mounted read-only: nothing can write
+        through this mount, and a writer through another, writable mount of the same
+        directory would hold a ``-shm`` file there, with which ``mode=ro`` succeeds. One
+        more condition: ``immutable`` ignores the ``-wal`` file, so commits still in it
+        would be missed. ``LocalCAS`` checkpoints the log into the file when it closes
+        (and SQLite deletes it with the last connection), so only a store whose writer did
+        not close cleanly is refused, with that reason.
+        """
+        if not self.path.exists():
+            raise BlockNotFoundError(f"no anyhamt block store at {self.path}")
+        uri = self.path.absolute().as_uri()
+        try:
+            return self._open_uri(f"{uri}?mode=ro")
+        except sqlite3.OperationalError as exc:
+            if not _on_read_only_filesystem(self.path):
+                raise
+            refused = exc
+        wal = self.path.with_name(self.path.name + "-wal")
+        try:
+            unlanded = wal.stat().st_size
+        except FileNotFoundError:
+            unlanded = 0
+        if unlanded:
+            raise StoreError(
+                f"cannot open block store {self.path} read-only ({refused}): it is on a "
+                f"read-only filesystem and its write-ahead log {wal.name} holds {unlanded} "
+                "bytes of commits not yet in the file (its writer did not close cleanly); "
+                "open it once read-write on writable media to fold them in"
+            ) from refused
+        return self._open_uri(f"{uri}?immutable=1")
+
+    def _open_uri(self, uri: str) -> sqlite3.Connection:
+        conn = sqlite3.connect(uri, uri=True, check_same_thread=False, isolation_level=None)
+        try:
+            conn.execute("PRAGMA busy_timeout = 30000")
+            # Opening is lazy: this first read is where a missing -shm or a file that is
+            # not a database shows up.
+            self._check_version(conn, conn.execute("PRAGMA user_version").fetchone()[0])
+        except BaseException:
+            conn.close()
+            raise
+        return conn
+
+    def _check_version(self, conn: sqlite3.Connection, version: int) -> None:
+        if version > _SCHEMA_VERSION:
+            conn.close()
+            raise StoreError(
+                f"{self.path} was written by a newer anyhamt (format {version}); upgrade anyhamt"
+            )
 
     def reader(self) -> sqlite3.Connection:
         # Caller holds self.mutex.
@@ -132,9 +235,13 @@ class _Database:
         if self._reader is None:
             try:
                 self._reader = self._connect()
-            except sqlite3.Error as exc:
+            except AnyHamtError:
+                raise
+            except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot open block store {self.path}: {exc}") from exc
         return self._reader
+
+    # -- reads ------------------------------------------------------------------------------
 
     def lookup(self, link: Link) -> tuple[bytes | None, bool]:
         """The block and whether it came from disk (and so needs checking)."""
@@ -142,25 +249,42 @@ class _Database:
             data = self.pending.get(link)
             if data is not None:
                 return data, False
-            for batch in self.committing:
+            for _, batch in self.committing:
                 data = batch.get(link)
                 if data is not None:
                     return data, False
+            reader = self.reader()
             try:
-                row = (
-                    self.reader()
-                    .execute("SELECT data FROM blocks WHERE cid = ?", (link,))
-                    .fetchone()
-                )
-            except sqlite3.Error as exc:
+                row = reader.execute("SELECT data FROM blocks WHERE cid = ?", (link,)).fetchone()
+            except (sqlite3.Error, OSError) as exc:
                 raise StoreError(f"cannot read block store {self.path}: {exc}") from exc
         return (row[0], True) if row else (None, False)
 
+    def iter_links(self) -> Iterator[Link]:
+        with self.mutex:
+            links = list(self.pending)
+            for _, batch in self.committing:
+                links.extend(batch)
+            reader = self.reader()
+            try:
+                rows = reader.execute("SELECT cid FROM blocks").fetchall()
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot read block store {self.path}: {exc}") from exc
+        seen = set(links)
+        yield from links
+        for (cid,) in rows:
+            link = Link(cid)
+            if link not in seen:
+                yield link
+
+    # -- commits ----------------------------------------------------------------------------
+
     def queue_pending(self) -> None:
         """Hand the pending blocks to the writer thread. Caller holds self.mutex."""
-        if not self.pending:
+        if not self.pending or self.closed:
             return
-        self.committing.append(self.pending)
+        self.queued += 1
+        self.committing.append((self.queued, self.pending))
         self.pending = {}
         self.pending_bytes = 0
         if self._thread is None:
@@ -172,80 +296,146 @@ class _Database:
             self._thread.start()
         self.changed.notify_all()
 
+    def watch(self) -> _Waiter:
+        """Queue the pending blocks and start waiting for every batch not yet landed.
+
+        Caller holds self.mutex. The waiter also takes over a failure no flush reported
+        yet. Pass it to ``wait`` (unless ``done``) and then, always, to ``release``.
+        """
+        self.queue_pending()
+        waiter = _Waiter(self.queued, self.unreported)
+        self.unreported = None
+        self.waiters.add(waiter)
+        return waiter
+
+    def done(self, waiter: _Waiter) -> bool:
+        # Caller holds self.mutex.
+        return waiter.released or self.landed >= waiter.last
+
+    def wait(self, waiter: _Waiter) -> None:
+        """Block until every batch the waiter covers has landed, or it is released."""
+        with self.changed:
+            self.changed.wait_for(lambda: self.done(waiter))
+
+    def release(self, waiter: _Waiter, *, reported: bool) -> _Failure | None:
+        """Stop waiting; the failure the waiter got, if any.
+
+        A waiter released unreported (its flush was cancelled) hands its failure on to the
+        next flush; so does a batch it covered that fails after it left, when no other
+        flush waits for it (``_land``).
+        """
+        with self.changed:
+            self.waiters.discard(waiter)
+            waiter.released = True
+            self.changed.notify_all()  # wakes a thread still waiting on its behalf
+            if not reported and waiter.failure is not None and self.unreported is None:
+                self.unreported = waiter.failure
+            return waiter.failure
+
     def wait_until_queued_at_most(self, batches: int) -> None:
         """Block until the writer thread has at most ``batches`` batches left to write."""
         with self.changed:
             self.changed.wait_for(lambda: len(self.committing) <= batches or self._thread is None)
 
-    def take_error(self) -> StoreError | None:
-        with self.mutex:
-            error, self.error = self.error, None
-            return error
+    def _land(self, seq: int, batch: dict[Link, bytes], failure: _Failure | None) -> None:
+        """The writer is done with batch ``seq``. Caller holds self.mutex."""
+        self.landed = seq
+        if failure is not None:
+            # Keep the blocks readable; the next flush queues them again.
+            for link, data in batch.items():
+                if link not in self.pending:
+                    self.pending[link] = data
+                    self.pending_bytes += len(data)
+            covered = False
+            for waiter in self.waiters:
+                if waiter.last >= seq:
+                    covered = True
+                    if waiter.failure is None:
+                        waiter.failure = failure
+            if not covered and self.unreported is None:
+                self.unreported = failure
+        self.changed.notify_all()
 
     def _write_queued(self) -> None:
-        writer: sqlite3.Connection | None = None
+        """The writer thread: land the queued batches in order until the store closes."""
+        reason: BaseException | None = None
+        try:
+            self._write_until_closed()
+        except BaseException as exc:  # it must not take the waiting flushes with it
+            reason = exc
+        finally:
+            with self.changed:
+                if self.committing:  # only when the thread died: fail what is left
+                    failure = _Failure(
+                        f"the writer thread of block store {self.path} stopped: {reason!r}",
+                        reason,
+                    )
+                    while self.committing:
+                        seq, batch = self.committing.pop(0)
+                        self._land(seq, batch, failure)
+                # In the same critical section: a batch queued from now on starts a new
+                # thread, and none is left behind by this one.
+                self._thread = None
+                self.changed.notify_all()
+            writer, self._writer = self._writer, None
+            if writer is not None:
+                _close_writer(writer)
+
+    def _write_until_closed(self) -> None:
         while True:
             with self.changed:
-                self.changed.wait_for(lambda: self.committing or self._stopping)
+                self.changed.wait_for(lambda: self.committing or self.closed)
                 if not self.committing:
-                    break
-                batch = self.committing[0]
-            failure: StoreError | None = None
+                    return
+                seq, batch = self.committing[0]
+            failure: _Failure | None = None
+            opening = True
             try:
-                if writer is None:
-                    writer = self._connect()
-                _write_batch(writer, batch)
-            except (sqlite3.Error, StoreError) as exc:
-                failure = (
-                    exc
-                    if isinstance(exc, StoreError)
-                    else StoreError(f"cannot write to block store {self.path}: {exc}")
-                )
+                if self._writer is None:
+                    self._writer = self._connect()
+                opening = False
+                _write_batch(self._writer, batch)
+            except Exception as exc:
+                if isinstance(exc, StoreError):
+                    failure = _Failure(str(exc), exc.__cause__)
+                elif opening:
+                    failure = _Failure(
+                        f"cannot open block store {self.path} for writing: {exc}", exc
+                    )
+                else:
+                    failure = _Failure(
+                        f"cannot commit {len(batch)} blocks to block store {self.path}: {exc}",
+                        exc,
+                    )
+                # Start the next batch on a fresh connection.
+                writer, self._writer = self._writer, None
+                if writer is not None:
+                    _close_quietly(writer)
             with self.changed:
                 self.committing.pop(0)
-                if failure is not None:
-                    # Keep the blocks readable; the next flush queues them again.
-                    for link, data in batch.items():
-                        if link not in self.pending:
-                            self.pending[link] = data
-                            self.pending_bytes += len(data)
-                    self.error = failure
-                self.changed.notify_all()
-        if writer is not None:
-            writer.close()
-        with self.changed:
-            self._thread = None
-            self.changed.notify_all()
+                self._land(seq, batch, failure)
 
-    def close(self) -> None:
-        """Commit what is pending, stop the writer and close (idempotent; the finalizer)."""
+    def close(self) -> _Failure | None:
+        """Commit what is pending, stop the writer and close (idempotent; the finalizer).
+
+        Returns why blocks saved before it were not committed (they are lost), or a
+        failure no flush reported yet; ``None`` when everything landed.
+        """
         with self.changed:
             if self.closed:
-                return
-            self.queue_pending()
-            self._stopping = True
+                return None
+            waiter = self.watch()
+            self.closed = True  # no more saves; the writer stops once the queue is empty
             self.changed.notify_all()
             thread = self._thread
         if thread is not None and thread is not threading.current_thread():
             thread.join()
+        failure = self.release(waiter, reported=True)
         with self.mutex:
-            self.closed = True
-            if self._reader is not None:
-                self._reader.close()
-                self._reader = None
-
-    def iter_links(self) -> Iterator[Link]:
-        with self.mutex:
-            links = list(self.pending)
-            for batch in self.committing:
-                links.extend(batch)
-            rows = self.reader().execute("SELECT cid FROM blocks").fetchall()
-        seen = set(links)
-        yield from links
-        for (cid,) in rows:
-            link = Link(cid)
-            if link not in seen:
-                yield link
+            reader, self._reader = self._reader, None
+        if reader is not None:
+            _close_quietly(reader)
+        return failure
 
 
 def _write_batch(conn: sqlite3.Connection, batch: dict[Link, bytes]) -> None:
@@ -254,9 +444,73 @@ def _write_batch(conn: sqlite3.Connection, batch: dict[Link, bytes]) -> None:
     try:
         conn.executemany("INSERT OR IGNORE INTO blocks (cid, data) VALUES (?, ?)", batch.items())
         conn.execute("COMMIT")
-    except BaseException:
-        conn.execute("ROLLBACK")
+    except BaseException as exc:
+        # After some errors (a full disk, an I/O error) SQLite has already rolled the
+        # transaction back; a ROLLBACK then fails with "no transaction is active" and would
+        # replace the error that says what went wrong.
+        if conn.in_transaction:
+            try:
+                conn.execute("ROLLBACK")
+            except sqlite3.Error as rollback_error:
+                exc.add_note(f"(the rollback failed too: {rollback_error})")
         raise
+
+
+def _close_writer(conn: sqlite3.Connection) -> None:
+    """Close the writer connection, first copying the write-ahead log into the file.
+
+    SQLite does that itself when the last connection closes, but another connection (in
+    this process or another) may still be open; a store closed cleanly should not depend
+    on it, so it can be read from read-only media, which ignore the log (see
+    ``_connect_read_only``). Best effort, and bounded: the checkpoint waits at most a
+    second for other connections, and a full disk only means the log stays.
+    """
+    try:
+        conn.execute("PRAGMA busy_timeout = 1000")
+        conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    except sqlite3.Error:
+        pass
+    _close_quietly(conn)
+
+
+def _close_quietly(conn: sqlite3.Connection) -> None:
+    with contextlib.suppress(sqlite3.Error):
+        conn.close()
+
+
+def _on_read_only_filesystem(path: Path) -> bool:
+    try:
+        return bool(os.statvfs(path).f_flag & os.ST_RDONLY)
+    except OSError:
+        return False
+
+
+def _close_dropped(db: _Database) -> None:
+    """The finalizer of a store dropped without ``aclose()``: commit what is pending.
+
+    A garbage collection can run it in the middle of any code, including this store's own
+    in this thread while it holds the mutex, where closing would wait for ever. So it
+    closes here only when the mutex can be had, and otherwise from a thread of its own
+    (not a daemon, so the interpreter waits for it at exit).
+    """
+    if db.mutex.acquire(timeout=1):
+        db.mutex.release()
+        _close_and_warn(db)
+    else:
+        threading.Thread(
+            target=_close_and_warn, args=(db,), name=f"anyhamt-sqlite-close:{db.path.name}"
+        ).start()
+
+
+def _close_and_warn(db: _Database) -> None:
+    failure = db.close()
+    if failure is not None:
+        warnings.warn(
+            f"LocalCAS({str(db.path)!r}) was dropped without aclose() and could not commit "
+            f"its last blocks: {failure.message}",
+            RuntimeWarning,
+            stacklevel=1,
+        )
 
 
 class LocalCAS(ContentAddressedStore):
@@ -268,10 +522,21 @@ class LocalCAS(ContentAddressedStore):
 
     * **Durability.** ``save`` makes a block readable at once and commits blocks in batches
       (one transaction per ``batch_blocks`` blocks or ``batch_bytes`` bytes). ``flush()``,
-      ``aclose()`` and ``HAMT.make_read_only()`` commit everything saved before them. A crash
-      loses at most the blocks not yet committed and never leaves part of a block behind
-      (each batch is one SQLite transaction; WAL mode, ``synchronous=NORMAL``). Dropping
-      the store without ``aclose()`` still commits at garbage collection or exit.
+      ``aclose()`` and ``HAMT.make_read_only()`` commit everything saved before them, and
+      return only once it is in the file: a root is reported only when every block under
+      it is durable. A crash loses at most the blocks not yet committed and never leaves
+      part of a block behind (each batch is one SQLite transaction; WAL mode,
+      ``synchronous=NORMAL``). Dropping the store without ``aclose()`` still commits at
+      garbage collection or exit.
+    * **Failures.** A commit that fails (a full disk, a read-only filesystem, a path under a
+      regular file, anything the writer thread meets) raises ``StoreError`` in every
+      ``flush()`` that waited for it, naming the file, with SQLite's or the OS's own error
+      chained and in the message. Its blocks stay readable and the next flush commits them
+      again, so retrying ``make_read_only()`` once the cause is fixed gives the same root.
+      Nothing waits for ever: not a flush, not ``aclose()``.
+    * **Read-only media.** ``read_only=True`` opens the file without writing anything, also
+      on a read-only mount (where SQLite cannot create the ``-shm`` index a WAL database is
+      read through; see ``_Database._connect_read_only`` for why that is safe there).
     * **Verified reads.** Every block read from disk is hashed and compared with its CID;
       a mismatch raises ``BlockVerificationError``.
     * **Big values.** A value larger than ``chunk_size`` (1 MiB, Kubo's default chunker) is
@@ -301,13 +566,29 @@ class LocalCAS(ContentAddressedStore):
         self.batch_bytes = batch_bytes
         self.chunk_size = chunk_size
         self._db = _Database(self.path, read_only)
-        self._finalizer = weakref.finalize(self, self._db.close)
+        self._finalizer = weakref.finalize(self, _close_dropped, self._db)
 
     default_path = staticmethod(default_store_path)
 
     def __repr__(self) -> str:
         mode = "r" if self.read_only else "rw"
         return f"LocalCAS({str(self.path)!r}, mode={mode!r})"
+
+    def __reduce__(self) -> tuple[Callable[..., LocalCAS], tuple[Any, ...]]:
+        """Pickle to the path and settings, never to connections, threads or locks.
+
+        The copy (a dask worker's, say) opens the same file, in the same mode, on first
+        use. Blocks saved here but not yet flushed are not in the file yet: flush
+        (``make_read_only()``) before sending a store elsewhere.
+        """
+        settings = {
+            "read_only": self.read_only,
+            "verify": self.verify,
+            "batch_blocks": self.batch_blocks,
+            "batch_bytes": self.batch_bytes,
+            "chunk_size": self.chunk_size,
+        }
+        return (_unpickle_local, (str(self.path), settings))
 
     async def save(self, data: bytes, codec: ContentAddressedStore.CodecInput) -> CID:
         # docstring inherited
@@ -326,28 +607,42 @@ class LocalCAS(ContentAddressedStore):
     async def flush(self) -> None:
         """Commit every block saved so far, including batches other tasks queued.
 
-        Raises ``StoreError`` if a commit failed since the last flush; the blocks it held
-        stay readable and are retried by the next flush. Cancellation stops the wait, not
-        the commit.
+        Returns only once every block saved before the call is in the file. Raises
+        ``StoreError`` (naming the store, its cause chained) if any of them was in a batch
+        whose commit failed, or if a commit no flush reported has failed since the last
+        one; every flush waiting for a failed batch raises, not just the first. The blocks
+        of a failed batch stay readable and the next flush commits them again, so calling
+        it again after fixing the cause (a full disk) is the retry.
+
+        Cancellation stops the wait, not the commit: the blocks still land, and a failure
+        the cancelled flush would have raised is raised by the next one.
         """
         db = self._db
         with db.mutex:
-            if db.closed:
-                return
-            db.queue_pending()
-            busy = bool(db.committing)
-        if busy:
-            await anyio.to_thread.run_sync(db.wait_until_queued_at_most, 0)
-        error = db.take_error()
-        if error is not None:
-            raise error
+            waiter = db.watch()
+            done = db.done(waiter)
+        try:
+            if not done:
+                await anyio.to_thread.run_sync(db.wait, waiter, abandon_on_cancel=True)
+        except BaseException:
+            db.release(waiter, reported=False)
+            raise
+        failure = db.release(waiter, reported=True)
+        if failure is not None:
+            raise failure.error()
 
     async def aclose(self) -> None:
-        """Commit everything pending and close the file (safe to call again)."""
-        await anyio.to_thread.run_sync(self._finalizer)
-        error = self._db.take_error()
-        if error is not None:
-            raise error
+        """Commit everything pending and close the file (safe to call again).
+
+        Raises ``StoreError`` if blocks could not be committed (they are lost with the
+        store) or a failed commit was never reported by a flush. Cancellation does not
+        interrupt it: the store is closed when it returns.
+        """
+        if self._finalizer.detach() is None:
+            return  # closed already, or closing in another task
+        failure = await anyio.to_thread.run_sync(self._db.close)
+        if failure is not None:
+            raise failure.error()
 
     async def has(self, id: Any) -> bool:
         """Whether the store holds the block ``id`` names."""
@@ -414,11 +709,42 @@ class LocalCAS(ContentAddressedStore):
         suffix: int | None = None,
     ) -> bytes:
         link = ptr if type(ptr) is Link else as_link(ptr)
+        if link.codec != DAG_PB:
+            return slice_block(await self._block(link), offset, length, suffix)
+        if offset is None and length is None and suffix is None:
+            return await read_file(link, self._block)
+        # Only the blocks the range covers are read (and verified). A lookup never waits,
+        # so fetching siblings concurrently would add task overhead and save nothing.
+        return await read_file_range(link, self._block, offset, length, suffix, concurrency=1)
+
+    async def _size_id(self, ptr: Any) -> int:
+        """The length of the value ``ptr`` names (see the base class), without reading it:
+        for a UnixFS file its root's filesize (the root is read and verified, nothing
+        under it); for any other block the stored length, which is not verified.
+
+        Cancellation: nothing happens.
+        """
+        link = ptr if type(ptr) is Link else as_link(ptr)
         if link.codec == DAG_PB:
-            data = await read_file(link, self._block)
-        else:
-            data = await self._block(link)
-        return slice_block(data, offset, length, suffix)
+            return file_size(await self._block(link))
+        db = self._db
+        with db.mutex:
+            data = db.pending.get(link)
+            for _, batch in db.committing:
+                if data is None:
+                    data = batch.get(link)
+            if data is not None:
+                return len(data)
+            reader = db.reader()
+            try:
+                row = reader.execute(
+                    "SELECT length(data) FROM blocks WHERE cid = ?", (link,)
+                ).fetchone()
+            except (sqlite3.Error, OSError) as exc:
+                raise StoreError(f"cannot read block store {self.path}: {exc}") from exc
+        if row is None:
+            raise BlockNotFoundError(f"{link} is not in {self!r}")
+        return int(row[0])
 
     async def _block(self, link: Link) -> bytes:
         data, from_disk = self._db.lookup(link)
@@ -441,3 +767,7 @@ class LocalCAS(ContentAddressedStore):
             await self._add(link, bytes(data))
             links.append(link)
         return links
+
+
+def _unpickle_local(path: str, settings: dict[str, Any]) -> LocalCAS:
+    return LocalCAS(path, **settings)

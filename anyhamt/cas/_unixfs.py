@@ -9,6 +9,10 @@ block instead of trusting a gateway's reassembly.
 
 Only what ``add`` produces for files is covered: dag-pb nodes whose UnixFS data says
 "file", with leaves that are raw blocks or dag-pb nodes carrying their bytes inline.
+
+Byte ranges (``read_file_range``) use the ``blocksizes`` every file node lists, one per
+child: they say which children hold the range, so only those subtrees are fetched and
+verified, and each fetched child is checked to hold exactly what its parent says.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .._codec import DAG_PB, RAW, Link, decode_varint, encode_varint
-from .._errors import CorruptBlockError
+from .._errors import CorruptBlockError, InvalidRangeError
+from .._tasks import map_bounded
+from ._base import check_range
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Iterator
@@ -29,7 +35,9 @@ __all__ = [
     "decode_pb_node",
     "decode_unixfs_data",
     "encode_file_node",
+    "file_size",
     "read_file",
+    "read_file_range",
 ]
 
 # Kubo's balanced layout puts at most this many links in a node (boxo's DefaultLinksPerBlock).
@@ -220,8 +228,6 @@ def decode_unixfs_data(data: bytes | None) -> UnixFSData:
 
 async def read_file(link: Link, get_block: Callable[[Link], Awaitable[bytes]]) -> bytes:
     """The bytes of the UnixFS file ``link`` heads; ``get_block`` returns verified blocks."""
-    from .._tasks import map_bounded
-
     node = decode_pb_node(await get_block(link))
     unixfs = decode_unixfs_data(node.data)
     if not node.links:
@@ -236,3 +242,147 @@ async def read_file(link: Link, get_block: Callable[[Link], Awaitable[bytes]]) -
 
     parts = await map_bounded(child, [sub for sub, _ in node.links], 8)
     return unixfs.data + b"".join(parts)
+
+
+# ---------------------------------------------------------------------------------------
+# Sizes and byte ranges
+
+
+def _content_size(node: PBNode, unixfs: UnixFSData) -> int:
+    """The file bytes under ``node``: its inline data then its children, checked against
+    the filesize it declares."""
+    if len(unixfs.blocksizes) != len(node.links):
+        raise CorruptBlockError(
+            f"UnixFS file node lists {len(unixfs.blocksizes)} block sizes "
+            f"for {len(node.links)} links"
+        )
+    total = len(unixfs.data) + sum(unixfs.blocksizes)
+    if unixfs.filesize is not None and unixfs.filesize != total:
+        raise CorruptBlockError(
+            f"UnixFS file node declares {unixfs.filesize} bytes but its data and block "
+            f"sizes add up to {total}"
+        )
+    return total
+
+
+def file_size(root_block: bytes) -> int:
+    """The size of the file whose root node is ``root_block`` (an encoded dag-pb node),
+    from the node alone: no child is fetched, so the children are not checked either."""
+    node = decode_pb_node(root_block)
+    return _content_size(node, decode_unixfs_data(node.data))
+
+
+def _check_range(offset: int | None, length: int | None, suffix: int | None) -> None:
+    # The argument checks of slice_block, made before any block is fetched.
+    check_range(offset, length, suffix)
+    if suffix is not None:
+        if offset is not None or length is not None:
+            raise InvalidRangeError("give either offset/length or suffix, not both")
+        if suffix < 0:
+            raise InvalidRangeError(f"suffix must be >= 0, got {suffix}")
+    elif (offset is not None and offset < 0) or (length is not None and length < 0):
+        raise InvalidRangeError(f"offset and length must be >= 0, got {offset} and {length}")
+
+
+def _window(size: int, offset: int | None, length: int | None, suffix: int | None) -> range:
+    """The byte positions ``slice_block`` would select from ``size`` bytes, clipped to them."""
+    if suffix is not None:
+        return range(max(size - suffix, 0) if suffix else size, size)
+    start = min(offset or 0, size)
+    return range(start, size if length is None else min(start + length, size))
+
+
+class _Pending(NamedTuple):
+    """A subtree still to fetch: its root, the bytes its parent says it holds, and the
+    part of them wanted (positions relative to the subtree's first byte)."""
+
+    link: Link
+    size: int
+    start: int
+    end: int
+
+
+def _wanted_parts(node: PBNode, unixfs: UnixFSData, start: int, end: int) -> list[bytes | _Pending]:
+    """What ``node`` contributes to bytes ``start:end`` of its content, in order: inline
+    data as bytes, every child that overlaps as a ``_Pending``. Children outside the range
+    are not named, so they are never fetched."""
+    parts: list[bytes | _Pending] = []
+    data = unixfs.data
+    if start < len(data):
+        parts.append(data[start:end])
+    pos = len(data)
+    for (child, _), size in zip(node.links, unixfs.blocksizes, strict=True):
+        if pos >= end:
+            break
+        if size and pos + size > start:
+            parts.append(_Pending(child, size, max(start - pos, 0), min(end - pos, size)))
+        pos += size
+    return parts
+
+
+async def read_file_range(
+    link: Link,
+    get_block: Callable[[Link], Awaitable[bytes]],
+    offset: int | None = None,
+    length: int | None = None,
+    suffix: int | None = None,
+    *,
+    concurrency: int = 8,
+) -> bytes:
+    """Bytes of the UnixFS file ``link`` heads, as ``slice_block`` would cut them from the
+    whole file, fetching only the root and the subtrees that overlap the range.
+
+    ``get_block`` must return verified blocks. The tree is walked one level at a time, with
+    at most ``concurrency`` fetches in flight across the level, so a wide range over a
+    big file neither runs one fetch at a time nor floods the store; a block the level
+    needs at several places (equal chunks) is fetched once. Every fetched child
+    must hold as many bytes as its parent's ``blocksizes`` entry says, else
+    ``CorruptBlockError``; bad range arguments raise ``InvalidRangeError`` before any fetch.
+
+    Cancellation: nothing happens (reads only).
+    """
+    _check_range(offset, length, suffix)
+    root = decode_pb_node(await get_block(link))
+    unixfs = decode_unixfs_data(root.data)
+    window = _window(_content_size(root, unixfs), offset, length, suffix)
+    if not window:
+        return b""
+    parts = _wanted_parts(root, unixfs, window.start, window.stop)
+
+    def expand(want: _Pending, block: bytes) -> list[bytes | _Pending]:
+        if want.link.codec == RAW:
+            if len(block) != want.size:
+                raise CorruptBlockError(
+                    f"UnixFS file {link}: leaf {want.link} holds {len(block)} bytes, its "
+                    f"parent says {want.size}"
+                )
+            # A slice of the whole block is the block itself, not a copy.
+            return [block[want.start : want.end]]
+        node = decode_pb_node(block)
+        child = decode_unixfs_data(node.data)
+        size = _content_size(node, child)
+        if size != want.size:
+            raise CorruptBlockError(
+                f"UnixFS file {link}: node {want.link} holds {size} bytes, its parent says "
+                f"{want.size}"
+            )
+        return _wanted_parts(node, child, want.start, want.end)
+
+    while True:
+        pending = [part for part in parts if isinstance(part, _Pending)]
+        if not pending:
+            break
+        # A file may hold one block at several places (runs of equal chunks): fetch it once.
+        links = list(dict.fromkeys(want.link for want in pending))
+        for sub in links:
+            if sub.codec not in (RAW, DAG_PB):
+                raise CorruptBlockError(
+                    f"UnixFS file {link} links to a block of codec 0x{sub.codec:x}"
+                )
+        blocks = dict(zip(links, await map_bounded(get_block, links, concurrency), strict=True))
+        parts = [
+            sub
+            for part in parts
+            for sub in (expand(part, blocks[part.link]) if isinstance(part, _Pending) else (part,))
+        ]
+    return b"".join(part for part in parts if isinstance(part, bytes))  # all are, by now
