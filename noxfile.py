@@ -59,9 +59,12 @@ def _lowest_pins() -> list[str]:
         declared += project["optional-dependencies"][extra]
     pins = []
     for requirement in declared:
-        match = re.fullmatch(r"([A-Za-z0-9_.\-\[\]]+)>=([^,;\s]+)", requirement.replace(" ", ""))
+        # name>=low, optionally with an upper bound (",<4"): the low end is what we pin.
+        match = re.fullmatch(
+            r"([A-Za-z0-9_.\-\[\]]+)>=([^,;\s]+)(,<[^,;\s]+)?", requirement.replace(" ", "")
+        )
         if match is None:
-            raise ValueError(f"cannot pin {requirement!r}: declare it as name>=version")
+            raise ValueError(f"cannot pin {requirement!r}: declare it as name>=low[,<high]")
         name = match.group(1).split("[")[0]
         pins.append(f"{name}=={match.group(2)}")
     return pins
@@ -104,3 +107,10 @@ def benchmarks(session: nox.Session) -> None:
     """Core benchmark against py-hamt 3.6.0 (which it installs in its own venv)."""
     session.install("-e", ".", "psutil")
     session.run("python", "benchmarks/run_core.py", *session.posargs)
+
+
+@nox.session(name="benchmarks-zarr", python="3.12")
+def benchmarks_zarr(session: nox.Session) -> None:
+    """Zarr benchmark: anyhamt vs zarr's own stores vs py-hamt 3.6.0 (benchmarks/README.md)."""
+    session.install("-e", ".[zarr,trio]", "dask", "psutil")
+    session.run("python", "benchmarks/run_zarr.py", *session.posargs)

@@ -33,8 +33,7 @@ def outcomes(report: Path) -> dict[tuple[str, str], str]:
 
 def line(name: str, counts: dict[str, int]) -> str:
     return (
-        f"{name}: {counts['passed']} passed, {counts['failed']} failed, "
-        f"{counts['skipped']} skipped"
+        f"{name}: {counts['passed']} passed, {counts['failed']} failed, {counts['skipped']} skipped"
     )
 
 

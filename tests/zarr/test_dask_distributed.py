@@ -1,0 +1,224 @@
+"""Zarr HAMT stores under dask.distributed, with worker *processes*.
+
+One ``LocalCluster(processes=True, n_workers=2)`` serves the module (starting one costs
+seconds on a loaded machine). It is never the default scheduler: each compute names it,
+so nothing leaks into other tests.
+
+* A store over a read-only HAMT pickles to what reopens it (the block store's
+  configuration and the root); the workers reopen it and read. Results equal a local read,
+  from ``LocalCAS`` and from a real Kubo daemon.
+* A store over a *writable* HAMT cannot be written from another process: the copy there
+  cannot reach the original HAMT's buffered writes. It must refuse with a typed error that
+  names the fix, and no chunk may be lost: the same write then succeeds with the threaded
+  scheduler and every chunk is there.
+"""
+
+from __future__ import annotations
+
+import io
+import pickle
+import subprocess
+import sys
+from typing import TYPE_CHECKING, Any
+
+import anyio.to_thread
+import pytest
+import xarray as xr
+from _ci import on_ci
+from _zarr_datasets import (
+    CHUNKS,
+    CONSOLIDATED_V3_WARNING,
+    encoding,
+    encrypted_store,
+    open_dataset,
+    plain_store,
+    require,
+    sample_dataset,
+    write_dataset,
+)
+
+from anyhamt import HAMT, DetachedStoreError, InMemoryCAS, KuboCAS, LocalCAS
+from anyhamt.zarr import ZarrHAMTStore
+
+if TYPE_CHECKING:
+    from collections.abc import Iterator
+    from pathlib import Path
+
+    from _zarr_datasets import StoreFactory
+    from kubo._daemon import KuboDaemon
+
+    from anyhamt import ContentAddressedStore
+
+pytestmark = CONSOLIDATED_V3_WARNING
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Any]:
+    distributed = require("distributed")
+    cluster = distributed.LocalCluster(
+        n_workers=2,
+        threads_per_worker=2,
+        processes=True,
+        dashboard_address=None,
+        host="127.0.0.1",
+    )
+    try:
+        with distributed.Client(cluster, set_as_default=False) as dask_client:
+            yield dask_client
+    finally:
+        cluster.close()
+
+
+def worker_pids(dask_client: Any) -> set[int]:
+    import os
+
+    return set(dask_client.run(os.getpid).values())
+
+
+async def compute_on_workers(dask_client: Any, lazy: xr.Dataset) -> xr.Dataset:
+    """Compute ``lazy`` on the cluster; check that the workers, not this process, read."""
+    import os
+
+    pids = worker_pids(dask_client)
+    assert os.getpid() not in pids and len(pids) == 2
+    return await anyio.to_thread.run_sync(lambda: lazy.compute(scheduler=dask_client))
+
+
+def pickled_modules(payload: bytes) -> set[str]:
+    """The top-level packages whose classes or functions ``payload`` refers to."""
+    found: set[str] = set()
+
+    class Recording(pickle.Unpickler):
+        def find_class(self, module: str, name: str) -> Any:
+            found.add(module.partition(".")[0])
+            return super().find_class(module, name)
+
+    Recording(io.BytesIO(payload)).load()
+    return found
+
+
+async def check_distributed_read(
+    dask_client: Any, cas: ContentAddressedStore, root: Any, factory: StoreFactory
+) -> None:
+    # What each task carries: the block store's settings and the root, no live client.
+    hamt = await HAMT.build(cas=cas, root_node_id=root, read_only=True, values_are_bytes=True)
+    payload = pickle.dumps(factory(hamt, True))
+    assert len(payload) < 4096
+    assert pickled_modules(payload) <= {"anyhamt"}
+    local = await open_dataset(cas, root, factory, consolidated=True)
+    lazy = await open_dataset(cas, root, factory, consolidated=True, load=False)
+    assert lazy["temp"].chunks is not None  # dask-backed: the reads happen in the tasks
+    remote = await compute_on_workers(dask_client, lazy)
+    xr.testing.assert_identical(remote, local)
+    # A reduction across chunks, on the workers, equals the same one computed here.
+    mean = await anyio.to_thread.run_sync(
+        lambda: lazy["temp"].mean("time").compute(scheduler=dask_client)
+    )
+    same_chunks = local["temp"].chunk(dict(zip(("time", "lat", "lon"), CHUNKS, strict=True)))
+    xr.testing.assert_identical(mean, same_chunks.mean("time"))
+
+
+@pytest.mark.parametrize("factory", [plain_store, encrypted_store], ids=["plain", "encrypted"])
+async def test_read_only_store_on_local_cas_reads_in_worker_processes(
+    client: Any, tmp_path: Path, factory: StoreFactory
+) -> None:
+    ds = sample_dataset()
+    path = tmp_path / "blocks.sqlite3"
+    async with LocalCAS(path) as cas:
+        root = await write_dataset(
+            cas, ds, factory, mode="w", encoding=encoding(ds), consolidated=True
+        )
+    async with LocalCAS(path, read_only=True) as cas:
+        await check_distributed_read(client, cas, root, factory)
+
+
+async def test_pickled_read_only_store_reopens_in_a_fresh_interpreter(tmp_path: Path) -> None:
+    """What a worker gets: the pickle alone reopens the store; no live connection in it."""
+    ds = sample_dataset()
+    path = tmp_path / "blocks.sqlite3"
+    async with LocalCAS(path) as cas:
+        root = await write_dataset(cas, ds, mode="w", consolidated=True)
+    async with LocalCAS(path, read_only=True) as cas:
+        hamt = await HAMT.build(cas=cas, root_node_id=root, read_only=True, values_are_bytes=True)
+        payload = pickle.dumps(ZarrHAMTStore(hamt, read_only=True))
+    script = (
+        "import pickle, sys, xarray\n"
+        "store = pickle.loads(sys.stdin.buffer.read())\n"
+        "assert store.read_only\n"
+        "print(float(xarray.open_zarr(store, consolidated=True)['temp'].sum()))\n"
+    )
+    done = await anyio.to_thread.run_sync(
+        lambda: subprocess.run(
+            [sys.executable, "-W", "ignore", "-c", script],
+            input=payload,
+            capture_output=True,
+            check=False,
+            timeout=300,
+        )
+    )
+    assert done.returncode == 0, done.stderr.decode()
+    assert float(done.stdout) == pytest.approx(float(ds["temp"].sum()), rel=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["memory", "local"])
+async def test_writable_store_in_worker_processes_refuses_and_loses_nothing(
+    client: Any, tmp_path: Path, kind: str
+) -> None:
+    ds = sample_dataset().chunk(dict(zip(("time", "lat", "lon"), CHUNKS, strict=True)))
+    cas: ContentAddressedStore = (
+        InMemoryCAS() if kind == "memory" else LocalCAS(tmp_path / "blocks.sqlite3")
+    )
+    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+    store = ZarrHAMTStore(hamt)
+    # Metadata (and the numpy-backed variables) are written here; the dask-backed chunks
+    # become tasks, each holding a pickled copy of the writable store.
+    pending = await anyio.to_thread.run_sync(
+        lambda: ds.to_zarr(store=store, mode="w", compute=False, consolidated=True)
+    )
+    before = sorted([key async for key in hamt.keys()])
+
+    with pytest.raises(DetachedStoreError, match="threaded scheduler"):
+        await anyio.to_thread.run_sync(lambda: pending.compute(scheduler=client))
+    # Refused, not half-done elsewhere: the HAMT is as it was.
+    assert sorted([key async for key in hamt.keys()]) == before
+
+    # The fix the error names: the same write with the threaded scheduler.
+    await anyio.to_thread.run_sync(lambda: pending.compute(scheduler="threads"))
+    await hamt.make_read_only()
+    chunk_keys = [key async for key in hamt.keys() if key.startswith(("temp/c/", "precip/c/"))]
+    assert len(chunk_keys) == 2 * 2 * 2 * 2  # two variables, two chunks along each axis
+    xr.testing.assert_identical(await open_dataset(cas, hamt.root_node_id), ds.compute())
+    await cas.aclose()
+
+
+# -- the real Kubo daemon ------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def kubo_daemon() -> Iterator[KuboDaemon]:
+    """A daemon of this module's own (tests/kubo's fixtures are scoped to that package)."""
+    from kubo._daemon import KuboDaemon, find_kubo_binary
+
+    binary = find_kubo_binary()
+    if binary is None:
+        message = "no Kubo binary: run scripts/install-kubo.sh or set ANYHAMT_KUBO_BIN"
+        if on_ci():
+            pytest.fail(message, pytrace=False)
+        pytest.skip(message)
+    with KuboDaemon(binary) as daemon:
+        yield daemon
+
+
+@pytest.mark.kubo
+@pytest.mark.parametrize("factory", [plain_store, encrypted_store], ids=["plain", "encrypted"])
+async def test_read_only_store_on_kubo_reads_in_worker_processes(
+    client: Any, kubo_daemon: KuboDaemon, factory: StoreFactory
+) -> None:
+    ds = sample_dataset()
+    urls = {"rpc_base_url": kubo_daemon.rpc_url, "gateway_base_url": kubo_daemon.gateway_url}
+    async with KuboCAS(**urls) as cas:
+        root = await write_dataset(
+            cas, ds, factory, mode="w", encoding=encoding(ds), consolidated=True
+        )
+    async with KuboCAS(**urls) as cas:
+        await check_distributed_read(client, cas, root, factory)
