@@ -234,11 +234,7 @@ class HAMT:
     async def set(self, key: str, val: Any) -> None:
         """Map ``key`` to ``val``."""
         repair_sniffio()
-        if self.read_only:
-            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
-        key_hash = self._hash(key)
-        data = val if self.values_are_bytes and type(val) is bytes else self._encode_value(val)
-        pointer = await self.cas._save_id(data, "raw")
+        key_hash, pointer = await self._save_value(key, val)
         lock = self._lock
         if not lock.try_acquire():
             await lock.acquire()
@@ -277,11 +273,7 @@ class HAMT:
         the lock. (The value block may be saved even when the key exists; that is harmless.)
         """
         repair_sniffio()
-        if self.read_only:
-            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
-        key_hash = self._hash(key)
-        data = val if self.values_are_bytes and type(val) is bytes else self._encode_value(val)
-        pointer = await self.cas._save_id(data, "raw")
+        key_hash, pointer = await self._save_value(key, val)
         async with self._lock:
             if self.read_only:
                 raise ReadOnlyError("this HAMT became read-only before the write could happen")
@@ -292,6 +284,17 @@ class HAMT:
                 self._changed(key, added=True)
                 return True
             return False
+
+    async def _save_value(self, key: str, val: Any) -> tuple[bytes, Pointer]:
+        """Check a write can happen, save the value's block; the key's hash and the block's id.
+
+        Nothing in the map changes here (a saved block no key points to is harmless).
+        """
+        if self.read_only:
+            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
+        key_hash = self._hash(key)
+        data = val if self.values_are_bytes and type(val) is bytes else self._encode_value(val)
+        return key_hash, await self.cas._save_id(data, "raw")
 
     def _changed(self, key: str, *, added: bool) -> None:
         # Caller holds the lock and has just changed ``key``.

@@ -18,8 +18,9 @@ if TYPE_CHECKING:
 __all__ = ["ContentAddressedStore", "check_range", "slice_block"]
 
 
-def check_range(offset: object, length: object, suffix: object) -> None:
-    """Reject a range whose parts are not ``None`` or plain ints, before any I/O.
+def check_range(offset: Any, length: Any, suffix: Any) -> None:
+    """Reject a malformed range before any I/O: parts that are not ``None`` or plain ints,
+    negative parts, or a suffix together with an offset or length.
 
     ``1.5`` or ``"1"`` would otherwise fail deep inside slicing with a bare ``TypeError``
     (or, for a float that happens to be whole, silently work on one store and not another).
@@ -29,6 +30,13 @@ def check_range(offset: object, length: object, suffix: object) -> None:
             raise InvalidRangeError(
                 f"{name} must be an int or None, got {type(value).__name__} {value!r}"
             )
+    if suffix is not None:
+        if offset is not None or length is not None:
+            raise InvalidRangeError("give either offset/length or suffix, not both")
+        if suffix < 0:
+            raise InvalidRangeError(f"suffix must be >= 0, got {suffix}")
+    elif (offset is not None and offset < 0) or (length is not None and length < 0):
+        raise InvalidRangeError(f"offset and length must be >= 0, got {offset} and {length}")
 
 
 def slice_block(
@@ -44,15 +52,9 @@ def slice_block(
         return data
     check_range(offset, length, suffix)
     if suffix is not None:
-        if offset is not None or length is not None:
-            raise InvalidRangeError("give either offset/length or suffix, not both")
-        if suffix < 0:
-            raise InvalidRangeError(f"suffix must be >= 0, got {suffix}")
         return data[max(len(data) - suffix, 0) :] if suffix else b""
     if offset is None:
         offset = 0
-    if offset < 0 or (length is not None and length < 0):
-        raise InvalidRangeError(f"offset and length must be >= 0, got {offset} and {length}")
     return data[offset:] if length is None else data[offset : offset + length]
 
 

@@ -20,7 +20,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Final, NamedTuple
 
 from .._codec import DAG_PB, RAW, Link, decode_varint, encode_varint
-from .._errors import CorruptBlockError, InvalidRangeError
+from .._errors import CorruptBlockError
 from .._tasks import map_bounded
 from ._base import check_range
 
@@ -272,18 +272,6 @@ def file_size(root_block: bytes) -> int:
     return _content_size(node, decode_unixfs_data(node.data))
 
 
-def _check_range(offset: int | None, length: int | None, suffix: int | None) -> None:
-    # The argument checks of slice_block, made before any block is fetched.
-    check_range(offset, length, suffix)
-    if suffix is not None:
-        if offset is not None or length is not None:
-            raise InvalidRangeError("give either offset/length or suffix, not both")
-        if suffix < 0:
-            raise InvalidRangeError(f"suffix must be >= 0, got {suffix}")
-    elif (offset is not None and offset < 0) or (length is not None and length < 0):
-        raise InvalidRangeError(f"offset and length must be >= 0, got {offset} and {length}")
-
-
 def _window(size: int, offset: int | None, length: int | None, suffix: int | None) -> range:
     """The byte positions ``slice_block`` would select from ``size`` bytes, clipped to them."""
     if suffix is not None:
@@ -341,7 +329,7 @@ async def read_file_range(
 
     Cancellation: nothing happens (reads only).
     """
-    _check_range(offset, length, suffix)
+    check_range(offset, length, suffix)
     root = decode_pb_node(await get_block(link))
     unixfs = decode_unixfs_data(root.data)
     window = _window(_content_size(root, unixfs), offset, length, suffix)
