@@ -671,3 +671,51 @@ async def test_same_bytes_same_cid_across_stores(tmp_path: Path) -> None:
         await hamt_b.make_read_only()
         assert isinstance(hamt_a.root_node_id, CID)
         assert hamt_a.root_node_id == hamt_b.root_node_id
+
+
+async def test_new_file_gets_large_pages_and_an_old_file_keeps_its_own(tmp_path: Path) -> None:
+    async with LocalCAS(tmp_path / "new.db") as cas:
+        await cas.save(b"x", "raw")
+    with closing(sqlite3.connect(tmp_path / "new.db")) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 65536
+    old = tmp_path / "old.db"
+    with closing(sqlite3.connect(old)) as conn:
+        conn.execute("PRAGMA page_size = 4096")
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute("CREATE TABLE blocks (cid BLOB PRIMARY KEY, data BLOB NOT NULL)")
+        conn.commit()
+    async with LocalCAS(old) as cas:
+        cid = await cas.save(b"y" * 100_000, "raw")
+    async with LocalCAS(old, read_only=True) as cas:
+        assert await cas.load(cid) == b"y" * 100_000
+    with closing(sqlite3.connect(old)) as conn:
+        assert conn.execute("PRAGMA page_size").fetchone()[0] == 4096
+
+
+async def test_log_stays_bounded_while_writing_and_is_emptied_at_close(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Commits skip SQLite's automatic checkpoint; the writer's own keeps the log small,
+    even when batches arrive back to back, and a clean close leaves no log behind."""
+    from anyhamt.cas import _local
+
+    monkeypatch.setattr(_local, "_CHECKPOINT_BYTES", 2**20)
+    monkeypatch.setattr(_local, "_CHECKPOINT_FORCE_BYTES", 4 * 2**20)
+    path = tmp_path / "blocks.db"
+    wal = path.with_name(path.name + "-wal")
+    rng = random.Random(7)
+    cids = []
+    largest = 0
+    async with LocalCAS(path, batch_bytes=256 * 1024) as cas:
+        for _ in range(40):  # 40 MiB, never waiting for a commit in between
+            for _ in range(16):
+                cids.append(await cas.save(rng.randbytes(65536), "raw"))
+            largest = max(largest, wal.stat().st_size if wal.exists() else 0)
+        await cas.flush()
+        largest = max(largest, wal.stat().st_size)
+    assert largest < 16 * 2**20
+    assert not wal.exists() or wal.stat().st_size == 0
+    async with LocalCAS(path, read_only=True) as cas:
+        for cid in cids[::50]:
+            assert len(await cas.load(cid)) == 65536
+    assert integrity_check(path) == "ok"

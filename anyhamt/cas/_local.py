@@ -36,6 +36,19 @@ __all__ = ["LocalCAS", "default_store_path"]
 _SCHEMA_VERSION: Final = 1
 # Batches that may wait for the writer thread before savers are held back.
 _MAX_QUEUED_BATCHES: Final = 2
+# The page size of a new file (an existing file keeps its own). Blocks are mostly large
+# blobs: with SQLite's default 4 KiB a 500 KB chunk spans 120 overflow pages, each its own
+# write to the log and, at the checkpoint, to the file.
+_PAGE_SIZE: Final = 65536
+# The writer commits with SQLite's automatic checkpoint off, which would copy the log into
+# the file inside the commit a flush waits for. Instead the writer thread checkpoints
+# (PASSIVE: never waiting for readers or writers) after a batch has landed and its flushes
+# were told, once this many bytes were committed since the log was last copied in full,
+# and only when no batch is waiting...
+_CHECKPOINT_BYTES: Final = 64 * 2**20
+# ... unless the log has grown past this, when it checkpoints before the next batch anyway:
+# a writer that never pauses must not grow the log without bound.
+_CHECKPOINT_FORCE_BYTES: Final = 4 * _CHECKPOINT_BYTES
 
 
 def default_store_path() -> Path:
@@ -134,6 +147,8 @@ class _Database:
         self._thread: threading.Thread | None = None
         self._writer: sqlite3.Connection | None = None  # the writer thread's own
         self._reader: sqlite3.Connection | None = None
+        # Bytes the writer committed since its last complete checkpoint (writer thread only).
+        self._uncheckpointed = 0
 
     # -- connections ------------------------------------------------------------------------
 
@@ -147,6 +162,8 @@ class _Database:
             conn = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None)
             try:
                 conn.execute("PRAGMA busy_timeout = 30000")
+                # Takes effect only on a file not written yet, so before the switch to WAL.
+                conn.execute(f"PRAGMA page_size = {_PAGE_SIZE}")
                 if conn.execute("PRAGMA journal_mode").fetchone()[0] != "wal":
                     conn.execute("PRAGMA journal_mode = WAL")
                 conn.execute("PRAGMA synchronous = NORMAL")
@@ -393,6 +410,7 @@ class _Database:
             try:
                 if self._writer is None:
                     self._writer = self._connect()
+                    self._writer.execute("PRAGMA wal_autocheckpoint = 0")
                 opening = False
                 _write_batch(self._writer, batch)
             except Exception as exc:
@@ -414,6 +432,30 @@ class _Database:
             with self.changed:
                 self.committing.pop(0)
                 self._land(seq, batch, failure)
+                idle = not self.committing
+            if failure is None:
+                self._uncheckpointed += sum(map(len, batch.values()))
+                self._checkpoint(idle)
+
+    def _checkpoint(self, idle: bool) -> None:
+        """Copy the log into the file when it has grown (writer thread, between batches).
+
+        PASSIVE never waits: it copies what no reader still needs and leaves the rest for
+        next time (a reader in another process holding an old snapshot can keep the log
+        from being reset, as with SQLite's own automatic checkpoint). Best effort: a
+        failure here loses nothing, the commits are in the log.
+        """
+        writer = self._writer
+        if writer is None or self._uncheckpointed < _CHECKPOINT_BYTES:
+            return
+        if not idle and self._uncheckpointed < _CHECKPOINT_FORCE_BYTES:
+            return
+        try:
+            busy, log, copied = writer.execute("PRAGMA wal_checkpoint(PASSIVE)").fetchone()
+        except sqlite3.Error:
+            return
+        if not busy and log == copied:
+            self._uncheckpointed = 0
 
     def close(self) -> _Failure | None:
         """Commit what is pending, stop the writer and close (idempotent; the finalizer).
