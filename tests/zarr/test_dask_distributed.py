@@ -59,7 +59,9 @@ def client() -> Iterator[Any]:
         n_workers=2,
         threads_per_worker=2,
         processes=True,
-        dashboard_address=None,
+        # A free port: None still means distributed's default 8787, which another cluster
+        # on the machine (a second test run, a user's notebook) may hold.
+        dashboard_address=":0",
         host="127.0.0.1",
     )
     try:
