@@ -25,7 +25,7 @@ from pathlib import Path
 PYHAMT_VERSION = "3.6.0"
 CACHED_VENV = Path.home() / ".cache" / "anyhamt" / f"pyhamt-{PYHAMT_VERSION}-venv"
 
-__all__ = ["CACHED_VENV", "PYHAMT_VERSION", "pyhamt_python", "run_pyhamt"]
+__all__ = ["CACHED_VENV", "PYHAMT_VERSION", "pyhamt_python", "require_pyhamt", "run_pyhamt"]
 
 
 def _has_pyhamt(python: str) -> bool:
@@ -115,6 +115,22 @@ def pyhamt_python() -> str | None:
         if candidate.exists() and _has_pyhamt(str(candidate)):
             return str(candidate)
     return _create_venv()
+
+
+def require_pyhamt(
+    why: str = "py-hamt 3.6.0 is not installable here (needs Python 3.12 and PyPI)",
+) -> str:
+    """py-hamt's interpreter for a test that needs it: skip without one, but fail under CI,
+    where the interop is part of what the suite promises."""
+    import pytest  # here, not at the top: scripts/test.sh runs this file with a bare Python
+    from _ci import on_ci
+
+    python = pyhamt_python()
+    if python is None:
+        if on_ci():
+            pytest.fail(why, pytrace=False)
+        pytest.skip(why)
+    return python
 
 
 def run_pyhamt(script: str, *args: str, timeout: float = 300) -> str:

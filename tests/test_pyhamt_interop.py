@@ -12,8 +12,7 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _ci import on_ci
-from _pyhamt import pyhamt_python, run_pyhamt
+from _pyhamt import require_pyhamt, run_pyhamt
 
 from anyhamt import HAMT, InMemoryCAS
 
@@ -23,11 +22,7 @@ if TYPE_CHECKING:
 
 @pytest.fixture(scope="module")
 def pyhamt() -> None:
-    if pyhamt_python() is None:
-        message = "py-hamt 3.6.0 is not installable here (needs Python 3.12 and PyPI)"
-        if on_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+    require_pyhamt()
 
 
 # Runs a list of operations in py-hamt, prints the root and every block of its store.

@@ -16,8 +16,7 @@ from typing import TYPE_CHECKING, Any
 import anyio.to_thread
 import pytest
 import xarray as xr
-from _ci import on_ci
-from _pyhamt import pyhamt_python, run_pyhamt
+from _pyhamt import require_pyhamt, run_pyhamt
 from _zarr_datasets import (
     CONSOLIDATED_V3_WARNING,
     ENCRYPTION_HEADER,
@@ -101,13 +100,7 @@ VARIANTS = [
 
 @pytest.fixture(scope="module")
 def pyhamt() -> str:
-    python = pyhamt_python()
-    if python is None:
-        message = "py-hamt 3.6.0 is not installable here (needs Python 3.12 and PyPI)"
-        if on_ci():
-            pytest.fail(message)
-        pytest.skip(message)
-    return python
+    return require_pyhamt()
 
 
 def run_pyhamt_spec(directory: Path, daemon: KuboDaemon, spec: dict[str, Any]) -> dict[str, Any]:

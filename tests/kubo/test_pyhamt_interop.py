@@ -13,8 +13,7 @@ from typing import TYPE_CHECKING
 
 import anyio
 import pytest
-from _ci import on_ci
-from _pyhamt import pyhamt_python, run_pyhamt
+from _pyhamt import require_pyhamt, run_pyhamt
 
 from anyhamt import HAMT, KuboCAS
 
@@ -84,14 +83,7 @@ async def test_same_contents_same_root_as_recorded_from_pyhamt(kubo_cas: KuboCAS
 
 @pytest.fixture(scope="module")
 def pyhamt() -> str:
-    python = pyhamt_python()
-    if python is None:
-        message = "py-hamt 3.6.0 could not be installed; the recorded roots still apply"
-        # Under CI the live interop is part of what the suite promises: fail, never skip.
-        if on_ci():
-            pytest.fail(message, pytrace=False)
-        pytest.skip(message)
-    return python
+    return require_pyhamt("py-hamt 3.6.0 could not be installed; the recorded roots still apply")
 
 
 @pytest.mark.usefixtures("pyhamt")

@@ -17,8 +17,7 @@ import anyio
 import numpy as np
 import pytest
 import zarr
-from _ci import on_ci
-from _pyhamt import pyhamt_python, run_pyhamt
+from _pyhamt import require_pyhamt, run_pyhamt
 from zarr.core.buffer import default_buffer_prototype
 
 from anyhamt import HAMT, DecryptionError, InMemoryCAS
@@ -34,11 +33,7 @@ PLAINTEXTS = [b"", b"x", b'{"zarr_format": 3}', bytes(range(256)) * 40]
 
 @pytest.fixture(scope="module")
 def pyhamt() -> None:
-    if pyhamt_python() is None:
-        message = "py-hamt 3.6.0 is not installable here (needs Python 3.12 and PyPI)"
-        if on_ci():
-            pytest.fail(message)
-        pytest.skip(message)
+    require_pyhamt()
 
 
 def expected_arrays() -> dict[str, Any]:
