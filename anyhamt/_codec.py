@@ -4,7 +4,9 @@ Parsing or building a ``multiformats.CID`` costs ~100 µs, and the general ``dag
 codec spends ~48 ms on a node holding 300 CIDs (measured; docs/architecture.md §5).
 Inside anyhamt a CID is therefore a ``Link``: the binary CIDv1 as an immutable ``bytes``
 subclass, hashed and compared at C speed.
-``multiformats.CID`` appears only at the public boundary (``to_public``/``from_public``).
+``multiformats.CID`` appears only at the public boundary: ``as_link`` and ``as_pointer`` take
+any id a user holds, ``to_public`` gives one back. Those two functions and the codec table
+below are the only places ids and codec names are interpreted.
 
 Node wire format (identical to py-hamt's): a dag-cbor array of exactly 256 slots. A slot is
 an empty map (nothing), a map ``{key: pointer}`` (a bucket, keys in dag-cbor's canonical
@@ -46,13 +48,15 @@ __all__ = [
     "RAW",
     "Link",
     "Pointer",
+    "as_link",
+    "as_pointer",
     "codec_code",
+    "codec_name",
     "decode_node",
     "decode_varint",
     "empty_slots",
     "encode_node",
     "encode_varint",
-    "from_public",
     "make_link",
     "to_public",
     "verify_block",
@@ -62,9 +66,11 @@ RAW: Final = 0x55
 DAG_CBOR: Final = 0x71
 DAG_PB: Final = 0x70
 BLAKE3: Final = 0x1E
-_SHA2_256: Final = 0x12
 _IDENTITY: Final = 0x00
+_SHA2_256: Final = 0x12
+# The one codec table: names as users and Kubo's RPC spell them, codes as CIDs carry them.
 _CODEC_CODES: Final = {"raw": RAW, "dag-cbor": DAG_CBOR, "dag-pb": DAG_PB}
+_CODEC_NAMES: Final = {code: name for name, code in _CODEC_CODES.items()}
 
 # A pointer is whatever id a store hands out: a Link, bytes (InMemoryCAS) or, for a custom
 # store, any other immutable IPLD value.
@@ -152,15 +158,33 @@ def codec_code(codec: str) -> int:
         ) from None
 
 
+def codec_name(code: int) -> str:
+    """The multicodec name of ``code`` (``0x71`` is ``"dag-cbor"``)."""
+    name = _CODEC_NAMES.get(code)
+    if name is None:
+        from multiformats import multicodec  # only for codecs anyhamt never writes
+
+        name = str(multicodec.get(code=code).name)
+    return name
+
+
 _PREFIXES: Final = {code: bytes([0x01, code, BLAKE3, 32]) for code in (RAW, DAG_CBOR)}
 
 
-def make_link(codec: int, data: bytes) -> Link:
-    """The CIDv1 (blake3, 32 bytes) that Kubo gives ``data`` saved with ``codec``."""
-    prefix = _PREFIXES.get(codec)
-    if prefix is None:
-        prefix = bytes([0x01, *encode_varint(codec), BLAKE3, 32])
-    return Link(prefix + blake3(data).digest())
+def make_link(codec: int, data: bytes, hasher: int = BLAKE3) -> Link:
+    """The CIDv1 of ``data`` saved with ``codec``, hashed with ``hasher`` (a multihash
+    code: blake3 or sha2-256, both 32-byte digests) as Kubo names the same block."""
+    if hasher == BLAKE3:
+        prefix = _PREFIXES.get(codec)
+        if prefix is None:
+            prefix = bytes([0x01, *encode_varint(codec), BLAKE3, 32])
+        return Link(prefix + blake3(data).digest())
+    if hasher == _SHA2_256:
+        prefix = bytes([0x01, *encode_varint(codec), _SHA2_256, 32])
+        return Link(prefix + hashlib.sha256(data).digest())
+    raise InvalidConfigError(
+        f"cannot hash with multihash 0x{hasher:x}: use blake3 (0x1e) or sha2-256 (0x12)"
+    )
 
 
 def verify_block(link: Link, data: bytes) -> None:
@@ -191,14 +215,35 @@ def to_public(ptr: Pointer) -> Any:
     return ptr
 
 
-def from_public(value: Any) -> Pointer:
-    """A user-supplied or store-returned id in internal form."""
+def as_link(id: Any) -> Link:
+    """Any id form a user holds as a ``Link``: ``Link``, ``multiformats.CID`` (v0 becomes
+    v1), CID text in any multibase, or a binary CIDv1 (checked to be whole).
+
+    Raises ``InvalidIdError`` for anything else, naming what it got.
+    """
+    if type(id) is Link:
+        return id
+    if isinstance(id, CID):
+        return Link(bytes(id.set(version=1) if id.version != 1 else id))
+    if isinstance(id, str):
+        return Link.parse(id)
+    if isinstance(id, (bytes, bytearray)) and id[:1] == b"\x01":
+        return Link.from_bytes(bytes(id))
+    raise InvalidIdError(
+        f"expected a CID (multiformats.CID, its text or binary form), got {type(id).__name__}; "
+        "ids from InMemoryCAS are not CIDs and cannot be loaded here"
+    )
+
+
+def as_pointer(value: Any) -> Pointer:
+    """A user-supplied or store-returned id in internal form.
+
+    A ``multiformats.CID`` becomes a ``Link``; any other value is a store's own id (a
+    ``Link`` already, the bytes ``InMemoryCAS`` hands out, a custom store's string) and
+    passes through unchanged. Text a user typed as a CID goes through ``as_link``.
+    """
     if isinstance(value, CID):
-        if value.version != 1:
-            value = value.set(version=1)
-        return Link(bytes(value))
-    if isinstance(value, Link):
-        return value
+        return as_link(value)
     return value
 
 
@@ -431,9 +476,9 @@ def _decode_general(data: bytes) -> list[Any]:
     slots: list[Any] = []
     for item in decoded:
         if isinstance(item, dict):
-            slots.append({k: from_public(v) for k, v in item.items()} if item else None)
+            slots.append({k: as_pointer(v) for k, v in item.items()} if item else None)
         elif isinstance(item, list) and len(item) == 1:
-            slots.append([from_public(item[0])])
+            slots.append([as_pointer(item[0])])
         else:
             raise CorruptNodeError("each of a node's slots must be a map or a one-element array")
     return slots

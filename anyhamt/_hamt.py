@@ -28,7 +28,7 @@ import dag_cbor
 from blake3 import blake3
 
 from ._cache import LRUCache
-from ._codec import Link, decode_node, empty_slots, encode_node, from_public, to_public
+from ._codec import as_link, as_pointer, decode_node, empty_slots, encode_node, to_public
 from ._errors import (
     CorruptBlockError,
     HashExhaustedError,
@@ -253,7 +253,7 @@ class HAMT:
             raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
         key_hash = self._hash(key)
         async with self._lock:
-            await self._insert(key, key_hash, from_public(pointer))
+            await self._insert(key, key_hash, as_pointer(pointer))
             self._changed(key, added=True)
 
     async def delete(self, key: str) -> None:
@@ -748,5 +748,5 @@ def _parse_root(value: Any) -> Pointer | None:
     if value is None:
         return None
     if isinstance(value, str):
-        return Link.parse(value)
-    return from_public(value)
+        return as_link(value)  # CID text, as users copy it from the CLI or a gateway
+    return as_pointer(value)

@@ -5,8 +5,8 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
-from .._codec import from_public, to_public
-from .._errors import InvalidRangeError
+from .._codec import as_link, as_pointer, codec_name, to_public
+from .._errors import BlockNotFoundError, InvalidIdError, InvalidRangeError
 from .._tasks import map_bounded
 
 if TYPE_CHECKING:
@@ -65,9 +65,22 @@ class ContentAddressedStore(ABC):
     immutable, hashable value other than ``None``; stores in anyhamt return
     ``multiformats.CID`` objects (or raw multihash bytes for ``InMemoryCAS``).
 
-    The underscore methods are the fast internal protocol the HAMT uses. Their defaults go
-    through ``save``/``load``; anyhamt's own stores override them to skip building public
-    CID objects on the hot path.
+    ``get_block``, ``put_block`` and ``has`` work on single IPLD blocks by CID, as CAR
+    import and export and the sharded store need; their defaults go through the methods
+    below, and stores that hold blocks by CID override them.
+
+    **Writing a store.** The HAMT and the Zarr stores talk to a store only through the
+    internal protocol below, in internal id form (``Link`` for CIDs, see
+    ``anyhamt._codec``). A store author implements ``save`` and ``load``; overriding
+    these is optional and only for speed:
+
+    * ``_save_id(data, codec)``: store one block, return its id (``Pointer``).
+    * ``_load_id(ptr, offset, length, suffix)``: the value's bytes, or the byte range
+      asked for (already checked by ``check_range``).
+    * ``_size_id(ptr)``: the value's length without reading it where possible.
+    * ``_save_many(blocks, codec)``: many blocks at once, ids in order.
+    * ``flush()``: make every saved block durable; the HAMT calls it at the end of its
+      own flush, so a store may buffer saves until then.
 
     Cancellation: a cancelled ``save`` may or may not have stored the block; saving the same
     bytes again is always safe. A cancelled ``load`` has no effect.
@@ -91,6 +104,39 @@ class ContentAddressedStore(ABC):
         suffix: int | None = None,
     ) -> bytes:
         """Return the block ``id`` names, or the byte range of it asked for."""
+
+    async def get_block(self, id: Any) -> bytes:
+        """The stored block ``id`` names, exactly as stored (for a dag-pb CID the node
+        itself, not the UnixFS file ``load`` assembles). ``BlockNotFoundError`` if absent."""
+        return await self._load_id(as_pointer(id))
+
+    async def put_block(self, id: Any, data: bytes) -> None:
+        """Store ``data`` under the CID ``id`` (checked against it where the store can).
+
+        This default saves through ``save`` and must get ``id`` back, so it takes raw and
+        dag-cbor blocks hashed the way the store hashes; ``InvalidIdError`` otherwise.
+        """
+        link = as_link(id)
+        codec = codec_name(link.codec)
+        if codec not in ("raw", "dag-cbor"):
+            raise InvalidIdError(
+                f"{type(self).__name__} cannot store a {codec} block ({link}); "
+                "use a LocalCAS or KuboCAS"
+            )
+        got = await self._save_id(data, codec)  # type: ignore[arg-type]
+        if got != link:
+            raise InvalidIdError(
+                f"{type(self).__name__} cannot store {link} under that CID (it names the "
+                "block differently); use a LocalCAS or KuboCAS"
+            )
+
+    async def has(self, id: Any) -> bool:
+        """Whether the store holds the value ``id`` names (without reading all of it)."""
+        try:
+            await self._size_id(as_pointer(id))
+        except BlockNotFoundError:
+            return False
+        return True
 
     async def pin_cid(self, id: Any, target_rpc: str) -> None:
         """Pin a block and everything it links to (a no-op for stores without pins)."""
@@ -125,7 +171,7 @@ class ContentAddressedStore(ABC):
     # -- internal fast protocol ---------------------------------------------------------
 
     async def _save_id(self, data: bytes, codec: CodecInput) -> Pointer:
-        return from_public(await self.save(data, codec))
+        return as_pointer(await self.save(data, codec))
 
     async def _load_id(
         self,

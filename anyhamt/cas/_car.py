@@ -23,15 +23,15 @@ from .._codec import (
     DAG_PB,
     RAW,
     Link,
+    as_link,
+    as_pointer,
     decode_node,
     decode_varint,
     encode_varint,
-    from_public,
     verify_block,
 )
-from .._errors import CarFormatError, CorruptBlockError, InvalidIdError
+from .._errors import CarFormatError, CorruptBlockError
 from .._tasks import map_bounded
-from ._local import as_link
 from ._unixfs import decode_pb_node
 
 if TYPE_CHECKING:
@@ -131,7 +131,7 @@ def read_car(source: BinaryIO | bytes) -> tuple[list[Link], Iterator[tuple[Link,
     roots_value = header.get("roots")
     if not isinstance(roots_value, list) or not all(isinstance(r, CID) for r in roots_value):
         raise CarFormatError("CAR header roots must be a list of CIDs")
-    roots = [from_public(r) for r in roots_value]
+    roots = [as_pointer(r) for r in roots_value]
 
     def blocks() -> Iterator[tuple[Link, bytes]]:
         while True:
@@ -172,7 +172,7 @@ def block_links(link: Link, data: bytes) -> list[Link]:
     # Not a HAMT node (a Zarr shard, a store's root object ...): walk the general IPLD value.
     def walk(value: Any) -> None:
         if isinstance(value, CID):
-            out.append(from_public(value))
+            out.append(as_pointer(value))
         elif isinstance(value, dict):
             for item in value.values():
                 walk(item)
@@ -203,8 +203,7 @@ async def export_car(
     out.write(write_car_header(root_links))
     seen: set[Link] = set()
     count = 0
-    # A store's load of a dag-pb CID gives the UnixFS file; a CAR needs the block itself.
-    load = getattr(store, "get_block", None) or store._load_id
+    load = store.get_block  # a dag-pb block itself, not the UnixFS file load() assembles
 
     async def emit(links: list[Link]) -> None:
         nonlocal count
@@ -229,22 +228,12 @@ async def export_car(
 async def import_car(store: ContentAddressedStore, source: BinaryIO | bytes) -> list[CID]:
     """Store every block of a CAR (each checked against its CID) and return its roots.
 
-    Stores with ``put_block`` (``LocalCAS``, ``KuboCAS``) take any codec; for others each
-    block is saved through ``save`` and must get back its own CID. The store is flushed
+    ``LocalCAS`` and ``KuboCAS`` take blocks of any codec; other stores take what their
+    ``put_block`` can store under its own CID (``InvalidIdError`` otherwise). The store is flushed
     at the end. Cancellation: some blocks may be stored; importing again is safe.
     """
     roots, blocks = read_car(source)
-    put_block = getattr(store, "put_block", None)
     for link, data in blocks:
-        if put_block is not None:
-            await put_block(link, data)
-            continue
-        codec = {RAW: "raw", DAG_CBOR: "dag-cbor"}.get(link.codec)
-        got = await store._save_id(data, codec) if codec else None  # type: ignore[arg-type]
-        if got != link:
-            raise InvalidIdError(
-                f"{type(store).__name__} cannot store {link} under that CID; "
-                "import into a LocalCAS or KuboCAS"
-            )
+        await store.put_block(link, data)
     await store.flush()
     return [r.to_cid() for r in roots]

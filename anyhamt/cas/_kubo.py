@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import hashlib
 import json
 import random
 import re
@@ -48,9 +47,16 @@ import anyio
 import httpx
 import sniffio
 from anyio.lowlevel import current_token
-from multiformats import multicodec
 
-from .._codec import DAG_CBOR, DAG_PB, RAW, Link, codec_code, make_link, verify_block
+from .._codec import (
+    DAG_PB,
+    Link,
+    as_link,
+    codec_code,
+    codec_name,
+    make_link,
+    verify_block,
+)
 from .._errors import (
     BlockNotFoundError,
     BlockVerificationError,
@@ -62,7 +68,6 @@ from .._loops import repair_sniffio
 from .._tasks import map_bounded
 from ._base import ContentAddressedStore, slice_block
 from ._http import FastPool, FastTarget, fast_target
-from ._local import as_link
 from ._unixfs import build_file, file_size, read_file, read_file_range
 
 if TYPE_CHECKING:
@@ -199,13 +204,6 @@ def _confirms(line: bytes, link: Link) -> bool:
         return False
     value = int(text.translate(_BASE32_TO_HEX), 32)
     return value == int.from_bytes(link) << (width * 5 - len(link) * 8)
-
-
-def _codec_name(code: int) -> str:
-    names = {RAW: "raw", DAG_CBOR: "dag-cbor", DAG_PB: "dag-pb"}
-    if code in names:
-        return names[code]
-    return str(multicodec.get(code=code).name)
 
 
 def _is_not_found(message: str) -> bool:
@@ -576,9 +574,7 @@ class KuboCAS(ContentAddressedStore):
     # -- ids ------------------------------------------------------------------------------
 
     def _link(self, codec: int, data: bytes) -> Link:
-        if self._mh_code == 0x1E:
-            return make_link(codec, data)
-        return Link(bytes([0x01, codec, 0x12, 32]) + hashlib.sha256(data).digest())
+        return make_link(codec, data, self._mh_code)
 
     def _blocks_for(self, data: bytes, codec: int) -> tuple[Link, list[_Block]] | None:
         """The blocks that store ``data`` and the id to return; None if Kubo must chunk."""
@@ -969,7 +965,7 @@ class KuboCAS(ContentAddressedStore):
             parts += (head, block.data, b"\r\n")
         parts.append(b"--" + boundary + b"--\r\n")
         params = {
-            "cid-codec": _codec_name(batch[0].codec),
+            "cid-codec": codec_name(batch[0].codec),
             "mhtype": self.hasher,
             "mhlen": "32",
             "pin": "true" if self.pin_on_add else "false",

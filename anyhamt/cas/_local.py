@@ -13,14 +13,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
-from multiformats import CID
 
-from .._codec import DAG_PB, Link, codec_code, make_link, verify_block
+from .._codec import DAG_PB, Link, as_link, codec_code, make_link, verify_block
 from .._errors import (
     AnyHamtError,
     BlockNotFoundError,
     InvalidConfigError,
-    InvalidIdError,
     ReadOnlyError,
     StoreClosedError,
     StoreError,
@@ -30,6 +28,8 @@ from ._unixfs import build_file, file_size, read_file, read_file_range
 
 if TYPE_CHECKING:
     from collections.abc import Callable, Iterator, Sequence
+
+    from multiformats import CID
 
 __all__ = ["LocalCAS", "default_store_path"]
 
@@ -60,22 +60,6 @@ def default_store_path() -> Path:
         os.path.expanduser("~"), ".local", "share"
     )
     return Path(data) / "anyhamt" / "blocks.sqlite3"
-
-
-def as_link(id: Any) -> Link:
-    """Accept the id forms users hold: ``Link``, ``multiformats.CID``, CID text, CID bytes."""
-    if type(id) is Link:
-        return id
-    if isinstance(id, CID):
-        return Link(bytes(id.set(version=1) if id.version != 1 else id))
-    if isinstance(id, str):
-        return Link.parse(id)
-    if isinstance(id, (bytes, bytearray)) and id[:1] == b"\x01":
-        return Link(id)
-    raise InvalidIdError(
-        f"expected a CID (multiformats.CID, its text or binary form), got {type(id).__name__}; "
-        "ids from InMemoryCAS are not CIDs and cannot be loaded here"
-    )
 
 
 class _Failure:

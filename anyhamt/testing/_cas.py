@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import anyio
 import pytest
 
-from .._codec import DAG_CBOR, RAW, Link, from_public, make_link
+from .._codec import DAG_CBOR, RAW, Link, as_pointer, make_link
 from .._errors import BlockNotFoundError, InvalidIdError, InvalidRangeError
 
 if TYPE_CHECKING:
@@ -65,8 +65,8 @@ class ContentAddressedStoreTests:
 
     async def test_ids_follow_the_store_id_scheme(self, store: ContentAddressedStore) -> None:
         data = b"id check"
-        assert from_public(await store.save(data, "raw")) == self.expected_id(data, RAW)
-        assert from_public(await store.save(data, "dag-cbor")) == self.expected_id(data, DAG_CBOR)
+        assert as_pointer(await store.save(data, "raw")) == self.expected_id(data, RAW)
+        assert as_pointer(await store.save(data, "dag-cbor")) == self.expected_id(data, DAG_CBOR)
 
     async def test_empty_and_large_blocks(self, store: ContentAddressedStore) -> None:
         empty = await store.save(b"", "raw")
@@ -133,7 +133,7 @@ class ContentAddressedStoreTests:
     async def test_save_many_matches_save(self, store: ContentAddressedStore) -> None:
         blocks = [os.urandom(50) for _ in range(40)]
         many = await store._save_many(blocks, "dag-cbor")
-        singles = [from_public(await store.save(b, "dag-cbor")) for b in blocks]
+        singles = [as_pointer(await store.save(b, "dag-cbor")) for b in blocks]
         assert many == singles
         for pointer, data in zip(many, blocks, strict=True):
             assert await store._load_id(pointer) == data
