@@ -1,4 +1,20 @@
-"""Event-loop facts anyhamt has to correct for: the sniffio leak across threads.
+"""Everything anyhamt knows about particular event loops, in one place.
+
+The rest of the code is written on anyio and never asks which library runs. Four things
+cannot be said in anyio's portable API, and live here:
+
+* **Calling into another loop.** ``LoopHandle`` wraps anyio's opaque loop token: a key that
+  names the running loop (per-loop state in ``KuboCAS`` is keyed by it) and ``call_soon``,
+  which runs a callback on that loop from any thread (how the cross-loop lock and
+  single-flight wake a waiter on the loop it waits on, and how a ``KuboCAS`` asks a loop
+  to close the connections it owns).
+* **Background tasks outside any task group** (``spawn_system_task``): trio's system
+  tasks, asyncio's ``create_task`` with a strong reference.
+* **The deadlock detector** (``blocked_reason``): whether a loop thread is parked in a
+  synchronous wait, read from its innermost stack frames, so a waiter can fail with
+  ``LoopBlockedError`` instead of waiting for ever. Libraries known to cause that wait
+  register a hint (``add_blocking_hint``); ``anyhamt.zarr`` registers zarr's sync API.
+* **The sniffio leak across threads** (``repair_sniffio``), below.
 
 zarr's synchronous API (and so xarray's ``to_zarr``/``open_zarr``) runs every store
 coroutine on zarr's own asyncio loop in a daemon thread, through
@@ -23,10 +39,26 @@ that crosses threads this way is safe, whoever spawned the task.
 from __future__ import annotations
 
 import asyncio
+import sys
+import threading
+from typing import TYPE_CHECKING, Any, Final
 
+import anyio
 import sniffio
+from anyio.lowlevel import current_token
 
-__all__ = ["repair_sniffio"]
+if TYPE_CHECKING:
+    from collections.abc import Callable, Coroutine
+    from types import FrameType
+
+__all__ = [
+    "LoopHandle",
+    "add_blocking_hint",
+    "blocked_reason",
+    "current_loop_key",
+    "repair_sniffio",
+    "spawn_system_task",
+]
 
 _thread_mark = sniffio.thread_local
 _library = sniffio.current_async_library_cvar
@@ -47,3 +79,108 @@ def repair_sniffio() -> None:
     except RuntimeError:
         return  # not on an asyncio thread: nothing to correct
     _library.set("asyncio")
+
+
+# ---------------------------------------------------------------------------------------
+# Calling into a loop from anywhere
+
+
+def current_loop_key() -> object:
+    """A hashable that names the running loop (the same object for every task on it)."""
+    return current_token().native_token
+
+
+class LoopHandle:
+    """The loop the constructing task runs on, callable from any thread."""
+
+    __slots__ = ("_backend", "key", "thread")
+
+    def __init__(self) -> None:
+        token = current_token()
+        self._backend = token.backend_class
+        self.key: object = token.native_token
+        self.thread = threading.get_ident()
+
+    def call_soon(self, fn: Callable[[], object]) -> bool:
+        """Run ``fn()`` on this loop soon. False if the loop has finished (nothing runs)."""
+        try:
+            self._backend.run_sync_soon(fn, (), self.key)
+        except (anyio.RunFinishedError, RuntimeError):
+            return False
+        return True
+
+
+_ASYNCIO_TASKS: set[Any] = set()
+
+
+def spawn_system_task(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
+    """Run ``fn()`` in the background on the current loop, outside any task group.
+
+    The task must never raise (trio would abort the run); it lives until it returns or
+    its loop cancels it on shutdown.
+    """
+    if sniffio.current_async_library() == "trio":
+        import trio
+
+        trio.lowlevel.spawn_system_task(fn)
+    else:
+        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(fn())
+        _ASYNCIO_TASKS.add(task)  # asyncio keeps only weak references to tasks
+        task.add_done_callback(_ASYNCIO_TASKS.discard)
+
+
+# ---------------------------------------------------------------------------------------
+# The deadlock detector
+
+# Frames that mean "this thread is parked in a synchronous wait". Seen at the innermost
+# end of a loop thread's stack, they mean the loop cannot run until the wait ends.
+_SYNC_WAITS: Final = {
+    ("threading.py", "wait"),
+    ("threading.py", "acquire"),
+    ("concurrent/futures/_base.py", "wait"),
+    ("concurrent/futures/_base.py", "result"),
+}
+
+# How many frames out from the wait a hint's module is looked for.
+_HINT_DEPTH: Final = 12
+
+# (path suffix, why the thread is stuck) for libraries known to park a loop thread.
+_HINTS: list[tuple[str, str]] = []
+
+
+def add_blocking_hint(path_suffix: str, reason: str) -> None:
+    """Name ``reason`` when a stuck loop thread waits inside a file ending ``path_suffix``."""
+    if (path_suffix, reason) not in _HINTS:
+        _HINTS.append((path_suffix, reason))
+
+
+def _frame_key(frame: FrameType) -> tuple[str, str]:
+    filename = frame.f_code.co_filename.replace("\\", "/")
+    for suffix, _ in _SYNC_WAITS:
+        if filename.endswith("/" + suffix):
+            return suffix, frame.f_code.co_name
+    return filename, frame.f_code.co_name
+
+
+def blocked_reason(thread_id: int) -> str | None:
+    """Why the event loop on ``thread_id`` cannot run now, or ``None`` if it can.
+
+    ``sys._current_frames()`` gives every thread's innermost frame; a loop that can run is
+    either running Python code or parked in its selector, never in a threading wait. The
+    frames just outside the wait say who called it, which is how a hint finds its library.
+    """
+    frame = sys._current_frames().get(thread_id)
+    if frame is None:
+        return "its thread has exited"
+    if _frame_key(frame) not in _SYNC_WAITS:
+        return None
+    outer: FrameType | None = frame
+    for _ in range(_HINT_DEPTH):
+        if outer is None:
+            break
+        name = outer.f_code.co_filename.replace("\\", "/")
+        for suffix, reason in _HINTS:
+            if name.endswith(suffix):
+                return reason
+        outer = outer.f_back
+    return "it is blocked in a synchronous wait"

@@ -17,61 +17,23 @@ the event loop thread), waiting would hang for ever, so it raises ``LoopBlockedE
 
 from __future__ import annotations
 
-import sys
 import threading
 from collections import deque
 from typing import TYPE_CHECKING, Any, Final, Self
 
 import anyio
-from anyio.lowlevel import current_token
 
 from ._errors import LoopBlockedError
+from ._loops import LoopHandle, blocked_reason
 
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable, Hashable
-    from types import FrameType, TracebackType
+    from types import TracebackType
 
-__all__ = ["CrossLoopLock", "SingleFlight", "blocked_reason"]
+__all__ = ["CrossLoopLock", "SingleFlight"]
 
 # How long a waiter sleeps between checks that the task it waits for can still progress.
 _WATCH_INTERVAL: Final = 0.25
-
-# Frames that mean "this thread is parked in a synchronous wait". Seen at the innermost
-# end of a loop thread's stack, they mean the loop cannot run until the wait ends.
-_SYNC_WAITS: Final = {
-    ("threading.py", "wait"),
-    ("threading.py", "acquire"),
-    ("concurrent/futures/_base.py", "wait"),
-    ("concurrent/futures/_base.py", "result"),
-}
-
-
-def _frame_key(frame: FrameType) -> tuple[str, str]:
-    filename = frame.f_code.co_filename.replace("\\", "/")
-    for suffix, _ in _SYNC_WAITS:
-        if filename.endswith("/" + suffix):
-            return suffix, frame.f_code.co_name
-    return filename, frame.f_code.co_name
-
-
-def blocked_reason(thread_id: int) -> str | None:
-    """Why the event loop on ``thread_id`` cannot run now, or ``None`` if it can."""
-    frame = sys._current_frames().get(thread_id)
-    if frame is None:
-        return "its thread has exited"
-    if _frame_key(frame) not in _SYNC_WAITS:
-        return None
-    # Name the culprit if it is zarr's sync API, by far the usual one.
-    outer: FrameType | None = frame
-    for _ in range(12):
-        if outer is None:
-            break
-        name = outer.f_code.co_filename.replace("\\", "/")
-        if name.endswith("zarr/core/sync.py"):
-            return "it is blocked inside zarr's synchronous API"
-        outer = outer.f_back
-    return "it is blocked in a synchronous wait"
-
 
 _WAITING: Final = 0
 _GRANTED: Final = 1
@@ -81,24 +43,23 @@ _GONE: Final = 2
 class _Waiter:
     """One task parked on its own loop until another thread or loop wakes it."""
 
-    __slots__ = ("event", "state", "thread", "token")
+    __slots__ = ("event", "loop", "state")
 
     def __init__(self) -> None:
-        self.token = current_token()
+        self.loop = LoopHandle()
         self.event = anyio.Event()
-        self.thread = threading.get_ident()
         self.state = _WAITING
+
+    @property
+    def thread(self) -> int:
+        return self.loop.thread
 
     def wake(self) -> bool:
         """Wake the waiter on its loop. False if that loop has stopped."""
-        if self.thread == threading.get_ident():
+        if self.loop.thread == threading.get_ident():
             self.event.set()
             return True
-        try:
-            self.token.backend_class.run_sync_soon(self.event.set, (), self.token.native_token)
-        except (anyio.RunFinishedError, RuntimeError):
-            return False
-        return True
+        return self.loop.call_soon(self.event.set)
 
     async def wait(self, watched: Callable[[], int | None]) -> None:
         """Wait to be woken; fail fast if the thread we wait on (``watched()``) is stuck."""
@@ -117,9 +78,8 @@ class _Waiter:
             if suspicious >= 2:
                 raise LoopBlockedError(
                     f"waiting for a task on thread {thread_id} that cannot progress: {reason}. "
-                    "If you call zarr or xarray's synchronous API (to_zarr, open_zarr, "
-                    "array[...]) from async code, run it in a worker thread: "
-                    "`await anyio.to_thread.run_sync(...)`."
+                    "A synchronous call made on an event loop thread stops that loop; "
+                    "run it in a worker thread: `await anyio.to_thread.run_sync(...)`."
                 )
 
 

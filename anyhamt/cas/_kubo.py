@@ -45,8 +45,6 @@ from urllib.parse import urlsplit
 
 import anyio
 import httpx
-import sniffio
-from anyio.lowlevel import current_token
 
 from .._codec import (
     DAG_PB,
@@ -64,14 +62,14 @@ from .._errors import (
     InvalidRangeError,
     KuboError,
 )
-from .._loops import repair_sniffio
+from .._loops import LoopHandle, current_loop_key, repair_sniffio, spawn_system_task
 from .._tasks import map_bounded
 from ._base import ContentAddressedStore, slice_block
 from ._http import FastPool, FastTarget, fast_target
 from ._unixfs import build_file, file_size, read_file, read_file_range
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine, Iterable, Mapping, Sequence
+    from collections.abc import Callable, Iterable, Mapping, Sequence
 
     from multiformats import CID
 
@@ -210,27 +208,6 @@ def _is_not_found(message: str) -> bool:
     return "not found" in message or "could not find" in message
 
 
-def _spawn_system_task(fn: Callable[[], Coroutine[Any, Any, None]]) -> None:
-    """Run ``fn()`` in the background on the current loop, outside any task group.
-
-    The only backend-specific code here. The task must never raise (trio would abort the
-    run); it lives until it returns or its loop cancels it on shutdown.
-    """
-    if sniffio.current_async_library() == "trio":
-        import trio
-
-        trio.lowlevel.spawn_system_task(fn)
-    else:
-        import asyncio
-
-        task: asyncio.Task[None] = asyncio.get_running_loop().create_task(fn())
-        _ASYNCIO_TASKS.add(task)  # asyncio keeps only weak references to tasks
-        task.add_done_callback(_ASYNCIO_TASKS.discard)
-
-
-_ASYNCIO_TASKS: set[Any] = set()
-
-
 class _Body(httpx.AsyncByteStream):
     """A request body in one chunk.
 
@@ -266,11 +243,11 @@ class _LoopState:
     """The client, fast-path connections and limiter of one running loop, and the task that
     will close the client and the connections."""
 
-    __slots__ = ("client", "closing", "fast", "keeper", "key", "limiter", "owned", "token")
+    __slots__ = ("client", "closing", "fast", "keeper", "key", "limiter", "loop", "owned")
 
     def __init__(self, client: httpx.AsyncClient, limit: int, owned: bool) -> None:
-        self.token = current_token()
-        self.key: object = self.token.native_token
+        self.loop = LoopHandle()
+        self.key = self.loop.key
         self.client = client
         self.fast = FastPool(limit)
         self.limiter = anyio.CapacityLimiter(limit)
@@ -290,7 +267,7 @@ class _LoopState:
                 # down and cancels its tasks: either way, on the client's own loop.
                 await self.aclose()
 
-        _spawn_system_task(keep)
+        spawn_system_task(keep)
 
     async def aclose(self) -> None:
         """Close the client and the fast-path connections; on the state's own loop."""
@@ -310,8 +287,7 @@ class _LoopState:
                 self.keeper.cancel()
 
         # If the loop has finished, there is nothing to close: its sockets went with it.
-        with contextlib.suppress(anyio.RunFinishedError, RuntimeError):
-            self.token.backend_class.run_sync_soon(cancel, (), self.token.native_token)
+        self.loop.call_soon(cancel)
 
 
 def _release_all(states: dict[object, _LoopState]) -> None:
@@ -590,7 +566,7 @@ class KuboCAS(ContentAddressedStore):
     # -- per-loop clients -----------------------------------------------------------------
 
     def _state(self) -> _LoopState:
-        key = current_token().native_token
+        key = current_loop_key()
         state = self._loops.get(key)
         return state if state is not None else self._new_state(key)
 
@@ -639,7 +615,7 @@ class KuboCAS(ContentAddressedStore):
             self._queue.clear()
             self._queued_blocks = self._queued_bytes = 0
         try:
-            here: object | None = current_token().native_token
+            here: object | None = current_loop_key()
         except RuntimeError:
             here = None
         for state in states:
@@ -857,7 +833,7 @@ class KuboCAS(ContentAddressedStore):
                 if spawn:
                     self._background += 1
             if spawn:
-                _spawn_system_task(functools.partial(self._upload_in_background, batch))
+                spawn_system_task(functools.partial(self._upload_in_background, batch))
             else:
                 inline.append(batch)
         if inline:

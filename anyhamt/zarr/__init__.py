@@ -1,6 +1,15 @@
 """Zarr v3 stores on a HAMT (needs the ``zarr`` extra: ``pip install 'anyhamt[zarr]'``)."""
 
+from .._loops import add_blocking_hint
 from ._encrypted import SimpleEncryptedZarrHAMTStore as SimpleEncryptedZarrHAMTStore
 from ._hamt_store import ZarrHAMTStore as ZarrHAMTStore
 
 __all__ = ["SimpleEncryptedZarrHAMTStore", "ZarrHAMTStore"]
+
+# The usual way a loop thread gets stuck: zarr's sync API (xarray's to_zarr/open_zarr)
+# called on the event loop thread waits for zarr's own loop, which waits for this one.
+add_blocking_hint(
+    "zarr/core/sync.py",
+    "it is blocked inside zarr's synchronous API (xarray's to_zarr or open_zarr, or "
+    "array[...], called from async code)",
+)
