@@ -94,15 +94,36 @@ class ContentAddressedStoreTests:
         with pytest.raises(InvalidRangeError):
             await store.load(block_id, offset=1, suffix=2)
 
-    async def test_missing_block(self, store: ContentAddressedStore) -> None:
+    async def _missing_id(self, store: ContentAddressedStore) -> Any:
+        """An id of the store's own kind that it does not hold."""
         other = await store.save(b"present", "raw")
-        missing: Any = (
-            make_link(RAW, b"never saved").to_cid()
-            if self.cids_are_kubo_cids
-            else type(other)(bytes(other)[:-1] + bytes([bytes(other)[-1] ^ 1]))
-        )
+        if self.cids_are_kubo_cids:
+            return make_link(RAW, b"never saved").to_cid()
+        return type(other)(bytes(other)[:-1] + bytes([bytes(other)[-1] ^ 1]))
+
+    async def test_missing_block(self, store: ContentAddressedStore) -> None:
         with pytest.raises(BlockNotFoundError):
-            await store.load(missing)
+            await store.load(await self._missing_id(store))
+
+    async def test_block_api(self, store: ContentAddressedStore) -> None:
+        """``has`` and ``get_block`` answer for saved and unsaved ids; ``put_block`` stores
+        a block under its CID where the store names blocks by Kubo's CIDs, and refuses
+        with ``InvalidIdError`` where it cannot."""
+        block_id = await store.save(b"a block", "raw")
+        assert await store.has(block_id)
+        assert await store.get_block(block_id) == b"a block"
+        assert not await store.has(await self._missing_id(store))
+        data = os.urandom(64)
+        link = make_link(RAW, data)
+        if self.cids_are_kubo_cids:
+            assert not await store.has(link.to_cid())
+            await store.put_block(link.to_cid(), data)
+            await store.flush()
+            assert await store.has(link.to_cid())
+            assert await store.load(link.to_cid()) == data
+        else:
+            with pytest.raises(InvalidIdError):
+                await store.put_block(link.to_cid(), data)
 
     async def test_wrong_id_type(self, store: ContentAddressedStore) -> None:
         for bad in (12345, 1.5, ("tuple",)):
