@@ -2,8 +2,8 @@
 
 ``nox`` alone runs the default sessions (what scripts/test.sh and CI run): the suite on
 every installed Python with async tests on both backends, the suite on the lowest
-versions pyproject.toml declares, the examples, lint and the type check. One backend:
-``nox -s "tests-3.13(backend='trio')"``.
+versions pyproject.toml declares, the examples, lint, the type check and the docs build.
+One backend: ``nox -s "tests-3.13(backend='trio')"``.
 """
 
 from __future__ import annotations
@@ -28,6 +28,7 @@ nox.options.sessions = [
     "examples",
     "lint",
     "typecheck",
+    "docs",
 ]
 
 
@@ -98,8 +99,28 @@ def lint(session: nox.Session) -> None:
 
 @nox.session(python=PYTHONS[-1])
 def typecheck(session: nox.Session) -> None:
-    session.install("-e", ".[test,zarr]", "mypy==2.4.1")
-    session.run("mypy")
+    """mypy --strict over the package and the tests (pyproject.toml's [tool.mypy])."""
+    session.install("-e", ".[test,zarr,trio,otel]", "mypy==2.4.1")
+    session.run("mypy", "anyhamt", "tests")
+
+
+# Pinned like ruff and mypy: a new release's new warning must not fail an old commit.
+DOCS_REQUIREMENTS = [
+    "mkdocs==1.6.1",
+    "mkdocs-material==9.8.1",
+    "mkdocstrings==1.0.8",
+    "mkdocstrings-python==2.0.11",
+    "ruff==0.17.6",  # mkdocstrings formats signatures with it
+]
+
+
+@nox.session(python=PYTHONS[-1])
+def docs(session: nox.Session) -> None:
+    """Build the documentation site (docs/, mkdocs.yml); any warning fails the build."""
+    session.install(*DOCS_REQUIREMENTS, "-e", ".[zarr]")
+    site = os.path.join(session.create_tmp(), "site")
+    # Material prints a notice about its successor on every build; it is not a warning.
+    session.run("mkdocs", "build", "--strict", "--site-dir", site, env={"NO_MKDOCS_2_WARNING": "1"})
 
 
 @nox.session(python="3.12")

@@ -6,18 +6,27 @@ at depth ``d`` is byte ``d`` of ``hash_fn(key)``. A slot holds nothing, a bucket
 ``max_bucket_size`` keys share the slot, so the tree, and with it the root id, depends only
 on the map's contents.
 
+The HAMT is three parts:
+
+* this module, the **facade**: py-hamt's API, the two modes, the lock, keys and values
+  checked and encoded, the sorted key index of the Zarr stores;
+* the **read side** (``anyhamt/_hamt_read.py``): a ``BlockLoader`` that owns the cache of
+  decoded nodes (bounded by memory) and loads each missing node once however many tasks
+  miss it (``SingleFlight``), and the lookups and walks over stored nodes;
+* the **write tree** (``anyhamt/_hamt_tree.py``): the in-memory tree of changed nodes,
+  insert, remove (folding small subtrees back into buckets) and the flush that saves it.
+
 Two modes, as in py-hamt:
 
-* **read-write**: changes go to an in-memory tree of ``_WriteNode``s. Nodes are loaded
-  from the store when a write first passes through them and marked dirty when changed.
-  ``make_read_only()`` (or ``cache_vacate()``) saves the dirty nodes bottom-up, a level at
-  a time, in batches, and yields the root id.
-* **read-only**: lookups walk stored nodes through an LRU cache bounded by memory; a node
-  many tasks miss at once is loaded once (``SingleFlight``).
+* **read-write**: changes go to the write tree; ``make_read_only()`` (or
+  ``cache_vacate()``) saves its dirty nodes bottom-up and yields the root id.
+* **read-only**: lookups walk stored nodes through the read cache.
 
 Concurrency: the HAMT is not tied to an event loop. Its lock (``CrossLoopLock``) and loads
 (``SingleFlight``) serve tasks on any loop and thread, so one HAMT can be used from trio,
-from asyncio and from zarr's own loop, one after the other or at the same time.
+from asyncio and from zarr's own loop, one after the other or at the same time
+(docs/architecture.md §3). Every public async method checks for cancellation on entry
+(docs/architecture.md §4).
 """
 
 from __future__ import annotations
@@ -27,11 +36,9 @@ from typing import TYPE_CHECKING, Any, Final, Self, cast
 import dag_cbor
 from blake3 import blake3
 
-from ._cache import LRUCache
-from ._codec import as_link, as_pointer, decode_node, empty_slots, encode_node, to_public
+from ._codec import as_link, as_pointer, to_public
 from ._errors import (
     CorruptBlockError,
-    HashExhaustedError,
     HashTooShortError,
     InvalidConfigError,
     InvalidKeyError,
@@ -39,10 +46,11 @@ from ._errors import (
     KeyNotFoundError,
     ReadOnlyError,
 )
-from ._loops import repair_sniffio
+from ._hamt_read import MISS, find_cached, iter_buckets_stored, lookup_stored, node_loader
+from ._hamt_tree import WriteTree
+from ._loops import checkpoint_if_cancelled, repair_sniffio
 from ._sorted_keys import SortedKeys
 from ._sync import CrossLoopLock, SingleFlight
-from ._tasks import map_bounded
 from .cas._base import check_range
 
 if TYPE_CHECKING:
@@ -53,54 +61,13 @@ if TYPE_CHECKING:
 
 __all__ = ["HAMT", "blake3_hashfn"]
 
-# Rough bytes of memory a decoded node holds beyond its encoded size: the 256-slot list
-# plus dicts and key objects. Used to keep the read cache within its budget.
-_NODE_OVERHEAD: Final = 2200
-_ENTRY_OVERHEAD: Final = 160
-# Nodes saved per batch during a flush; bounds the memory held by encoded blocks.
-_FLUSH_BATCH: Final = 1024
-# Node loads in flight while walking the tree for keys()/len().
-_WALK_CONCURRENCY: Final = 32
-# "Not found in the cache" (None is a valid pointer for a custom store).
-_MISS: Final[Any] = object()
-# The single-flight key of building the sorted key index (never equal to a pointer).
+# The single-flight key of building the sorted key index.
 _INDEX_BUILD: Final = ("sorted key index",)
 
 
 def blake3_hashfn(input_bytes: bytes) -> bytes:
     """The HAMT's default hash: the 32-byte blake3 digest of the key's UTF-8 bytes."""
     return blake3(input_bytes).digest()
-
-
-class _WriteNode:
-    """A node of the in-memory write tree.
-
-    ``slots`` holds ``None``, a bucket ``dict``, a stored link ``[pointer]`` or a child
-    ``_WriteNode``; ``children`` indexes the latter so a flush need not scan 256 slots per
-    node. ``link`` is the id of the stored node this one equals while it is clean.
-    """
-
-    __slots__ = ("children", "dirty", "link", "slots")
-
-    def __init__(self, slots: list[Any], link: Pointer | None, dirty: bool) -> None:
-        self.slots = slots
-        self.link = link
-        self.dirty = dirty
-        self.children: dict[int, _WriteNode] = {}
-
-    def attach(self, index: int, child: _WriteNode) -> None:
-        self.slots[index] = child
-        self.children[index] = child
-
-    def put(self, index: int, slot: Any) -> None:
-        """Set a slot to a bucket, a stored link or ``None``."""
-        self.slots[index] = slot
-        self.children.pop(index, None)
-
-
-def _node_cost(data_len: int, slots: list[Any]) -> int:
-    entries = sum(len(s) if type(s) is dict else 1 for s in slots if s is not None)
-    return _NODE_OVERHEAD + data_len + _ENTRY_OVERHEAD * entries
 
 
 class HAMT:
@@ -114,10 +81,12 @@ class HAMT:
 
     ``cache_bytes`` bounds the memory of the read cache of decoded nodes.
 
-    Cancellation: a cancelled ``set`` or ``delete`` either happened entirely or not at all
-    (the value block may have been saved; that is harmless). A cancelled
-    ``make_read_only``/``cache_vacate`` leaves the HAMT writable with its changes intact;
-    calling it again finishes the flush and gives the same root.
+    Cancellation: every async method checks for it on entry, so a call made in a cancelled
+    scope raises the cancellation and does nothing, even one that would not wait (a
+    ``set``, a cached ``get``). Cancelled later on, a ``set``, ``set_pointer`` or ``delete``
+    either happened entirely or not at all (the value block may have been saved; that is
+    harmless), and a ``make_read_only``/``cache_vacate`` leaves the HAMT writable with its
+    changes intact: calling it again finishes the flush and gives the same root.
     """
 
     def __init__(
@@ -142,17 +111,18 @@ class HAMT:
         self.max_bucket_size = max_bucket_size
         self.values_are_bytes = values_are_bytes
         self.read_only = read_only
+        # The root as of the last flush (None for a new HAMT never flushed).
         self._root: Pointer | None = _parse_root(root_node_id)
-        # The write tree, or None when every change has been flushed.
-        self._tree: _WriteNode | None = None
-        if self._root is None:
-            self._tree = _WriteNode(empty_slots(), None, True)
         self._lock = CrossLoopLock()
-        self._cache = LRUCache(cache_bytes)
-        self._loads = SingleFlight()
+        self._loader = node_loader(cas, cache_bytes)
+        # The changes buffered since the last flush; its root is None when there are none.
+        self._writes = WriteTree(cas, self._loader, hash_fn, max_bucket_size)
+        if self._root is None:
+            self._writes.start_empty()
         # Every key in sorted order, built on first request (Zarr listings) and then kept in
         # step by set/delete under the lock; None until then.
         self._sorted_keys: SortedKeys | None = None
+        self._index_build = SingleFlight()
         # Called with each key a set/delete changed, under the lock (the Zarr stores drop
         # cached metadata with it, also for writes made on the HAMT directly).
         self._on_change: Callable[[str], None] | None = None
@@ -162,9 +132,11 @@ class HAMT:
         """Create a HAMT; with no ``root_node_id``, an empty one.
 
         A read-only HAMT with no root saves the empty node to the store so that
-        ``root_node_id`` is valid at once.
+        ``root_node_id`` is valid at once. Cancellation: no HAMT is returned; the empty
+        node may have been saved (harmless).
         """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         hamt = cls(*args, **kwargs)
         if hamt._root is None and hamt.read_only:
             async with hamt._lock:
@@ -185,8 +157,14 @@ class HAMT:
     @root_node_id.setter
     def root_node_id(self, value: Any) -> None:
         self._root = _parse_root(value)
-        self._tree = None if self._root is not None else _WriteNode(empty_slots(), None, True)
+        self._writes.discard()
+        if self._root is None:
+            self._writes.start_empty()
         self._sorted_keys = None
+
+    def _flushed_root(self) -> Pointer | None:
+        """The root if no change is buffered (the map is exactly that stored tree)."""
+        return self._root if self._writes.root is None else None
 
     # -- mode switches ----------------------------------------------------------------------
 
@@ -195,75 +173,109 @@ class HAMT:
 
         Afterwards ``root_node_id`` is the root of the whole map, and every block it needs
         has been made durable (``cas.flush()``).
+
+        Cancellation: the HAMT stays writable with its changes; some nodes may have been
+        saved. Calling it again finishes the flush and gives the same root.
         """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         async with self._lock:
             await self._flush_locked()
             self.read_only = True
 
     async def enable_write(self) -> None:
-        """Switch to read-write mode (a no-op when already writable)."""
+        """Switch to read-write mode (a no-op when already writable).
+
+        Cancellation: the mode is unchanged.
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         async with self._lock:
             self.read_only = False
 
     async def cache_size(self) -> int:
-        """Approximate bytes of memory held by the read cache and the write buffer."""
+        """Approximate bytes of memory held by the read cache and the write buffer.
+
+        Cancellation: nothing happened.
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         async with self._lock:
-            size = self._cache.nbytes
-            if self._tree is not None:
-                stack = [self._tree]
-                while stack:
-                    node = stack.pop()
-                    size += _node_cost(0, node.slots)
-                    stack.extend(node.children.values())
-            return size
+            return self._loader.nbytes + self._writes.nbytes()
 
     async def cache_vacate(self) -> None:
-        """Empty the caches; in read-write mode, save the buffered changes first."""
+        """Empty the caches; in read-write mode, save the buffered changes first.
+
+        Cancellation: as ``make_read_only``, the changes stay buffered (and the caches full)
+        until a call completes.
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         async with self._lock:
-            if self._tree is not None:
+            if self._writes.root is not None:
                 await self._flush_locked()
-            self._cache.clear()
+            self._loader.vacate()
             self._sorted_keys = None
+
+    def _check_writable(self, *, waited: bool = False) -> None:
+        """``ReadOnlyError`` in read-only mode; ``waited``: checked again under the lock."""
+        if self.read_only:
+            if waited:
+                raise ReadOnlyError("this HAMT became read-only before the write could happen")
+            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
 
     # -- writes ---------------------------------------------------------------------------
 
     async def set(self, key: str, val: Any) -> None:
-        """Map ``key`` to ``val``."""
+        """Map ``key`` to ``val``.
+
+        Cancellation: the key is mapped to the new value, or still to what it was before
+        (the value's block may have been saved; harmless).
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         key_hash, pointer = await self._save_value(key, val)
         lock = self._lock
         if not lock.try_acquire():
             await lock.acquire()
         try:
-            if self.read_only:
-                raise ReadOnlyError("this HAMT became read-only before the write could happen")
-            await self._insert(key, key_hash, pointer)
+            self._check_writable(waited=True)
+            writes = self._writes
+            if writes.root is None:  # _open_writes() inline: this is the hot path of a write
+                await writes.open(self._root)
+            await writes.insert(key, key_hash, pointer)
             self._changed(key, added=True)
         finally:
             lock.release()
 
     async def set_pointer(self, key: str, pointer: Any) -> None:
-        """Map ``key`` to a block that is already in the store (an id from ``cas.save``)."""
+        """Map ``key`` to a block that is already in the store (an id from ``cas.save``).
+
+        Cancellation: the key is mapped to ``pointer``, or still to what it was before.
+        """
         repair_sniffio()
-        if self.read_only:
-            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
+        await checkpoint_if_cancelled()
+        self._check_writable()
         key_hash = self._hash(key)
         async with self._lock:
-            await self._insert(key, key_hash, as_pointer(pointer))
+            self._check_writable(waited=True)
+            writes = await self._open_writes()
+            await writes.insert(key, key_hash, as_pointer(pointer))
             self._changed(key, added=True)
 
     async def delete(self, key: str) -> None:
-        """Remove ``key``; ``KeyNotFoundError`` (a ``KeyError``) if it is not there."""
+        """Remove ``key``; ``KeyNotFoundError`` (a ``KeyError``) if it is not there.
+
+        Cancellation: the key is removed, or still there.
+        """
         repair_sniffio()
-        if self.read_only:
-            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
+        await checkpoint_if_cancelled()
+        self._check_writable()
         key_hash = self._hash(key)
         async with self._lock:
-            await self._remove(key, key_hash)
+            self._check_writable(waited=True)
+            writes = await self._open_writes()
+            await writes.remove(key, key_hash)
             self._changed(key, added=False)
 
     async def _set_if_absent(self, key: str, val: Any) -> bool:
@@ -275,12 +287,12 @@ class HAMT:
         repair_sniffio()
         key_hash, pointer = await self._save_value(key, val)
         async with self._lock:
-            if self.read_only:
-                raise ReadOnlyError("this HAMT became read-only before the write could happen")
+            self._check_writable(waited=True)
             try:
                 await self._get_pointer_locked(key, key_hash)
             except KeyNotFoundError:
-                await self._insert(key, key_hash, pointer)
+                writes = await self._open_writes()
+                await writes.insert(key, key_hash, pointer)
                 self._changed(key, added=True)
                 return True
             return False
@@ -290,11 +302,27 @@ class HAMT:
 
         Nothing in the map changes here (a saved block no key points to is harmless).
         """
-        if self.read_only:
-            raise ReadOnlyError("this HAMT is read-only; call `await hamt.enable_write()` first")
+        self._check_writable()
         key_hash = self._hash(key)
         data = val if self.values_are_bytes and type(val) is bytes else self._encode_value(val)
         return key_hash, await self.cas._save_id(data, "raw")
+
+    async def _open_writes(self) -> WriteTree:
+        """The write tree, its root copied from the store first if nothing is buffered.
+
+        Caller holds the lock. A cancelled load leaves nothing buffered, as before.
+        """
+        writes = self._writes
+        if writes.root is None:
+            await writes.open(self._root)
+        return writes
+
+    async def _flush_locked(self) -> None:
+        """Save the buffered changes (if any) and make the store durable. Caller holds the lock."""
+        if self._writes.root is None:
+            await self.cas.flush()
+            return
+        self._root = await self._writes.flush()
 
     def _changed(self, key: str, *, added: bool) -> None:
         # Caller holds the lock and has just changed ``key``.
@@ -317,7 +345,7 @@ class HAMT:
         index = self._sorted_keys
         if index is not None:
             return index
-        return cast("SortedKeys", await self._loads.run(_INDEX_BUILD, self._build_key_index))
+        return cast("SortedKeys", await self._index_build.run(_INDEX_BUILD, self._build_key_index))
 
     async def _build_key_index(self) -> SortedKeys:
         # Under the lock, so no write lands between the walk and the index taking over.
@@ -336,15 +364,19 @@ class HAMT:
         length: int | None = None,
         suffix: int | None = None,
     ) -> Any:
-        """The value of ``key`` (or a byte range of it); ``KeyNotFoundError`` if absent."""
+        """The value of ``key`` (or a byte range of it); ``KeyNotFoundError`` if absent.
+
+        Cancellation: nothing happened.
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         if offset is not None or length is not None or suffix is not None:
             check_range(offset, length, suffix)
         key_hash = self._hash(key)
-        pointer = _MISS
-        if self.read_only and self._tree is None:
-            pointer = self._find_cached(key, key_hash)
-        if pointer is _MISS:
+        pointer = MISS
+        if self.read_only and self._writes.root is None:
+            pointer = find_cached(self._loader, self._root, key, key_hash)
+        if pointer is MISS:
             pointer = await self._get_pointer(key, key_hash)
         data = await self.cas._load_id(pointer, offset, length, suffix)
         if self.values_are_bytes:
@@ -358,18 +390,24 @@ class HAMT:
             ) from exc
 
     async def get_pointer(self, key: str) -> Any:
-        """The id of the block holding ``key``'s value, as the store hands ids out."""
+        """The id of the block holding ``key``'s value, as the store hands ids out.
+
+        Cancellation: nothing happened.
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         return to_public(await self._get_pointer(key, self._hash(key)))
 
     async def keys(self) -> AsyncIterator[str]:
         """Every key, in no particular order.
 
         In read-write mode the keys are those present when iteration starts.
+        Cancellation: the iteration stops; nothing else happened.
         """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         if self.read_only:
-            async for bucket in self._iter_buckets_stored(self._root):
+            async for bucket in iter_buckets_stored(self._loader, self._root):
                 for key in bucket:
                     yield key
             return
@@ -379,14 +417,36 @@ class HAMT:
             yield key
 
     async def len(self) -> int:
-        """The number of keys."""
+        """The number of keys.
+
+        Cancellation: nothing happened.
+        """
         repair_sniffio()
+        await checkpoint_if_cancelled()
         if self.read_only:
-            return sum([len(b) async for b in self._iter_buckets_stored(self._root)])
+            return sum([len(b) async for b in iter_buckets_stored(self._loader, self._root)])
         async with self._lock:
             return sum([len(b) async for b in self._iter_buckets_locked()])
 
-    # -- internals: keys and values -------------------------------------------------------
+    async def _get_pointer(self, key: str, key_hash: bytes) -> Pointer:
+        if self.read_only and self._writes.root is None:
+            return await lookup_stored(self._loader, key, key_hash, self._root, 0)
+        async with self._lock:
+            return await self._get_pointer_locked(key, key_hash)
+
+    async def _get_pointer_locked(self, key: str, key_hash: bytes) -> Pointer:
+        writes = self._writes
+        if writes.root is None:
+            return await lookup_stored(self._loader, key, key_hash, self._root, 0)
+        return await writes.find(key, key_hash)
+
+    def _iter_buckets_locked(self) -> AsyncIterator[dict[str, Pointer]]:
+        # Caller holds the lock.
+        if self._writes.root is None:
+            return iter_buckets_stored(self._loader, self._root)
+        return self._writes.iter_buckets()
+
+    # -- keys and values ------------------------------------------------------------------
 
     def _hash(self, key: str) -> bytes:
         if type(key) is not str:
@@ -422,326 +482,6 @@ class HAMT:
             return bytes(dag_cbor.encode(val))
         except Exception as exc:
             raise InvalidValueError(f"cannot encode value as dag-cbor: {exc}") from exc
-
-    def _slot(self, key_hash: bytes, depth: int, key: str) -> int:
-        if depth >= len(key_hash):
-            raise HashExhaustedError(
-                f"more than max_bucket_size={self.max_bucket_size} keys share all "
-                f"{len(key_hash)} hash bytes of {key!r}; use a longer hash_fn or a larger "
-                "max_bucket_size"
-            )
-        return key_hash[depth]
-
-    # -- internals: node loading ------------------------------------------------------------
-
-    async def _load_node(self, pointer: Pointer) -> list[Any]:
-        """The decoded slots of a stored node (shared; never mutate them)."""
-        slots = self._cache.get(pointer)
-        if slots is not None:
-            return cast("list[Any]", slots)
-        return cast("list[Any]", await self._loads.run(pointer, lambda: self._fetch_node(pointer)))
-
-    async def _fetch_node(self, pointer: Pointer) -> list[Any]:
-        data = await self.cas._load_id(pointer)
-        slots = decode_node(data)
-        self._cache.put(pointer, slots, _node_cost(len(data), slots))
-        return slots
-
-    async def _writable_root(self) -> _WriteNode:
-        if self._tree is None:
-            self._tree = await self._materialize(self._root)
-        return self._tree
-
-    async def _materialize(self, pointer: Pointer) -> _WriteNode:
-        stored = await self._load_node(pointer)
-        slots = [dict(s) if type(s) is dict else s for s in stored]
-        return _WriteNode(slots, pointer, False)
-
-    async def _get_pointer(self, key: str, key_hash: bytes) -> Pointer:
-        if self.read_only and self._tree is None:
-            return await self._lookup_stored(key, key_hash, self._root, 0)
-        async with self._lock:
-            return await self._get_pointer_locked(key, key_hash)
-
-    async def _get_pointer_locked(self, key: str, key_hash: bytes) -> Pointer:
-        if self._tree is None:
-            return await self._lookup_stored(key, key_hash, self._root, 0)
-        node = self._tree
-        depth = 0
-        while True:
-            slot = node.slots[self._slot(key_hash, depth, key)]
-            if type(slot) is _WriteNode:
-                node = slot
-                depth += 1
-                continue
-            if type(slot) is list:
-                return await self._lookup_stored(key, key_hash, slot[0], depth + 1)
-            if slot is None or key not in slot:
-                raise KeyNotFoundError(key)
-            return slot[key]
-
-    def _find_cached(self, key: str, key_hash: bytes) -> Pointer:
-        """The lookup of a read-only HAMT without awaiting: ``_MISS`` if a node is not cached.
-
-        It repeats ``_lookup_stored``'s few lines on purpose: this is the hottest path of a
-        read, and a shared helper costs a call per level.
-        """
-        cache_get = self._cache.get
-        pointer = self._root
-        for byte in key_hash:
-            slots = cache_get(pointer)
-            if slots is None:
-                return _MISS
-            slot = slots[byte]
-            if slot is None:
-                raise KeyNotFoundError(key)
-            if type(slot) is dict:
-                try:
-                    return slot[key]
-                except KeyError:
-                    raise KeyNotFoundError(key) from None
-            pointer = slot[0]
-        raise KeyNotFoundError(key)
-
-    async def _lookup_stored(
-        self, key: str, key_hash: bytes, pointer: Pointer, depth: int
-    ) -> Pointer:
-        cache_get = self._cache.get
-        while True:
-            slots = cache_get(pointer)
-            if slots is None:
-                slots = await self._load_node(pointer)
-            if depth >= len(key_hash):
-                raise KeyNotFoundError(key)
-            slot = slots[key_hash[depth]]
-            if slot is None:
-                raise KeyNotFoundError(key)
-            if type(slot) is dict:
-                try:
-                    return slot[key]
-                except KeyError:
-                    raise KeyNotFoundError(key) from None
-            pointer = slot[0]
-            depth += 1
-
-    # -- internals: insert and remove (caller holds the lock) ---------------------------
-
-    async def _insert(self, key: str, key_hash: bytes, pointer: Pointer) -> None:
-        node = self._tree or await self._writable_root()
-        depth = 0
-        hash_len = len(key_hash)
-        while True:
-            # Nodes on the path are marked dirty on the way down. Should the insert stop
-            # early (cancelled, or a full hash), a node is at worst saved again unchanged.
-            node.dirty = True
-            if depth >= hash_len:
-                self._slot(key_hash, depth, key)  # raises HashExhaustedError
-            index = key_hash[depth]
-            slot = node.slots[index]
-            kind = type(slot)
-            if kind is dict:
-                if key in slot or len(slot) < self.max_bucket_size:
-                    slot[key] = pointer
-                    return
-                entries = dict(slot)
-                entries[key] = pointer
-                # Built aside and attached in one step, so a HashExhaustedError leaves
-                # the map as it was.
-                node.attach(index, self._build_subtree(entries, depth + 1))
-                return
-            if slot is None:
-                node.slots[index] = {key: pointer}
-                return
-            if kind is list:
-                # Loading may be cancelled; nothing has changed yet.
-                child = await self._materialize(slot[0])
-                node.attach(index, child)
-                slot = child
-            node = slot
-            depth += 1
-
-    def _build_subtree(self, entries: dict[str, Pointer], depth: int) -> _WriteNode:
-        """A new node holding ``entries`` (more than a bucket's worth) at ``depth``."""
-        groups: dict[int, dict[str, Pointer]] = {}
-        for key, pointer in entries.items():
-            index = self._slot(self.hash_fn(key.encode("utf-8")), depth, key)
-            groups.setdefault(index, {})[key] = pointer
-        node = _WriteNode(empty_slots(), None, True)
-        for index, group in groups.items():
-            if len(group) > self.max_bucket_size:
-                node.attach(index, self._build_subtree(group, depth + 1))
-            else:
-                node.slots[index] = group
-        return node
-
-    async def _remove(self, key: str, key_hash: bytes) -> None:
-        node = await self._writable_root()
-        path: list[_WriteNode] = []
-        indices: list[int] = []
-        depth = 0
-        while True:
-            index = self._slot(key_hash, depth, key)
-            slot = node.slots[index]
-            path.append(node)
-            indices.append(index)
-            if type(slot) is _WriteNode:
-                node = slot
-            elif type(slot) is list:
-                child = await self._materialize(slot[0])
-                node.attach(index, child)
-                node = child
-            elif slot is None or key not in slot:
-                raise KeyNotFoundError(key)
-            else:
-                break
-            depth += 1
-
-        # Work out the new contents bottom-up without touching the tree: a node whose
-        # subtree now holds at most max_bucket_size keys folds into its parent's slot.
-        # Loads happen here, before any change, so cancellation or a failed load changes
-        # nothing.
-        replacement: Any = {k: v for k, v in path[-1].slots[indices[-1]].items() if k != key}
-        level = len(path) - 1
-        while level > 0:
-            folded = await self._fold(path[level], indices[level], replacement)
-            if folded is None:
-                break
-            replacement = folded
-            level -= 1
-
-        path[level].put(indices[level], replacement or None)
-        for changed in path[: level + 1]:
-            changed.dirty = True
-
-    async def _fold(
-        self, node: _WriteNode, index: int, replacement: Any
-    ) -> dict[str, Pointer] | None:
-        """All entries of ``node`` (with slot ``index`` replaced) if they fit one bucket."""
-        slots = list(node.slots)
-        slots[index] = replacement
-        return await self._collect(slots, self.max_bucket_size)
-
-    async def _collect(self, slots: list[Any], limit: int) -> dict[str, Pointer] | None:
-        """Every entry under ``slots``, or ``None`` as soon as there are more than ``limit``."""
-        # Every child subtree holds at least one key, so count before loading anything: in
-        # a canonical tree any child already puts a node over the limit.
-        count = 0
-        for slot in slots:
-            if slot:
-                count += len(slot) if type(slot) is dict else 1
-        if count > limit:
-            return None
-        entries: dict[str, Pointer] = {}
-        for slot in slots:
-            if not slot:
-                continue
-            if type(slot) is dict:
-                entries.update(slot)
-            else:
-                child = slot.slots if type(slot) is _WriteNode else await self._load_node(slot[0])
-                collected = await self._collect(child, limit - len(entries))
-                if collected is None:
-                    return None
-                entries.update(collected)
-            if len(entries) > limit:
-                return None
-        return entries
-
-    # -- internals: flush (caller holds the lock) ------------------------------------------
-
-    async def _flush_locked(self) -> None:
-        """Save the dirty nodes bottom-up, then drop the write tree.
-
-        Each node's children are saved before it, so when a node is encoded its child
-        slots can be replaced, in place, by links to them: a saved child equals its link.
-        A cancelled flush therefore leaves a valid, partly saved tree behind.
-        """
-        tree = self._tree
-        if tree is None:
-            await self.cas.flush()
-            return
-        saved: list[tuple[_WriteNode, int]] = []
-        if tree.dirty:
-            for level in _dirty_levels(tree):
-                for start in range(0, len(level), _FLUSH_BATCH):
-                    batch = level[start : start + _FLUSH_BATCH]
-                    encoded = []
-                    for node in batch:
-                        slots = node.slots
-                        for index, child in node.children.items():
-                            slots[index] = [child.link]
-                        node.children = {}
-                        encoded.append(encode_node(slots))
-                    links = await self.cas._save_many(encoded, "dag-cbor")
-                    for node, data, link in zip(batch, encoded, links, strict=True):
-                        node.link = link
-                        node.dirty = False
-                        saved.append((node, len(data)))
-        await self.cas.flush()
-        self._root = tree.link
-        self._tree = None
-        # The tree is gone, so its nodes' slots can serve as the read cache's copies.
-        put = self._cache.put
-        for node, size in saved:
-            put(node.link, node.slots, _node_cost(size, node.slots))
-
-    # -- internals: traversal -----------------------------------------------------------
-
-    async def _iter_buckets_stored(self, root: Pointer) -> AsyncIterator[dict[str, Pointer]]:
-        """Buckets of a stored tree, a level at a time, loading each level concurrently."""
-        level = [root]
-        while level:
-            nodes = await map_bounded(self._load_node, level, _WALK_CONCURRENCY)
-            level = []
-            for slots in nodes:
-                for slot in slots:
-                    if slot is None:
-                        continue
-                    if type(slot) is dict:
-                        yield slot
-                    else:
-                        level.append(slot[0])
-
-    async def _iter_buckets_locked(self) -> AsyncIterator[dict[str, Pointer]]:
-        if self._tree is None:
-            async for bucket in self._iter_buckets_stored(self._root):
-                yield bucket
-            return
-        stack = [self._tree]
-        stored: list[Pointer] = []
-        while stack:
-            node = stack.pop()
-            for slot in node.slots:
-                if slot is None:
-                    continue
-                kind = type(slot)
-                if kind is dict:
-                    yield slot
-                elif kind is _WriteNode:
-                    stack.append(slot)
-                else:
-                    stored.append(slot[0])
-        for pointer in stored:
-            async for bucket in self._iter_buckets_stored(pointer):
-                yield bucket
-
-
-def _dirty_levels(root: _WriteNode) -> list[list[_WriteNode]]:
-    """Dirty nodes grouped by height (leaves first), so children are saved before parents."""
-    levels: list[list[_WriteNode]] = []
-
-    def visit(node: _WriteNode) -> int:
-        height = 0
-        for child in node.children.values():
-            if child.dirty:
-                height = max(height, visit(child) + 1)
-        if height == len(levels):
-            levels.append([])
-        levels[height].append(node)
-        return height
-
-    visit(root)  # recursion depth is the tree's depth: at most the hash length
-    return levels
 
 
 def _parse_root(value: Any) -> Pointer | None:

@@ -14,6 +14,9 @@ cannot be said in anyio's portable API, and live here:
   synchronous wait, read from its innermost stack frames, so a waiter can fail with
   ``LoopBlockedError`` instead of waiting for ever. Libraries known to cause that wait
   register a hint (``add_blocking_hint``); ``anyhamt.zarr`` registers zarr's sync API.
+* **The cancellation check** (``checkpoint_if_cancelled``) at the entry of every public
+  async method: anyio's, with the backend found from trio's thread mark instead of a
+  sniffio lookup per call, which was most of its cost (docs/architecture.md §4).
 * **The sniffio leak across threads** (``repair_sniffio``), below.
 
 zarr's synchronous API (and so xarray's ``to_zarr``/``open_zarr``) runs every store
@@ -44,17 +47,19 @@ import threading
 from typing import TYPE_CHECKING, Any, Final
 
 import anyio
+import anyio.lowlevel
 import sniffio
 from anyio.lowlevel import current_token
 
 if TYPE_CHECKING:
-    from collections.abc import Callable, Coroutine
+    from collections.abc import Awaitable, Callable, Coroutine
     from types import FrameType
 
 __all__ = [
     "LoopHandle",
     "add_blocking_hint",
     "blocked_reason",
+    "checkpoint_if_cancelled",
     "current_loop_key",
     "repair_sniffio",
     "spawn_system_task",
@@ -79,6 +84,45 @@ def repair_sniffio() -> None:
     except RuntimeError:
         return  # not on an asyncio thread: nothing to correct
     _library.set("asyncio")
+
+
+# ---------------------------------------------------------------------------------------
+# The cancellation check
+
+# The check of each backend by the thread's mark: None (asyncio, which leaves threads
+# unmarked) or "trio".
+_checks: dict[str | None, Callable[[], Awaitable[None]]] = {}
+
+
+async def checkpoint_if_cancelled() -> None:
+    """Raise the cancellation if the calling task is in a cancelled scope, else return at
+    once without yielding to the loop.
+
+    Every public async method starts with it, so a call made inside a cancelled scope
+    raises before it does anything, on asyncio as on trio (where every async call is
+    expected to be a cancellation point): a ``set`` or a cached ``get`` never waits, and
+    without it a loop of them would run to completion inside ``move_on_after(0)``.
+    It reads no context variable, so the sniffio leak below cannot mislead it.
+    """
+    name = _thread_mark.name
+    check = _checks.get(name)
+    if check is None:
+        check = _checks[name] = _resolve_check(name)
+    await check()
+
+
+def _resolve_check(name: str | None) -> Callable[[], Awaitable[None]]:
+    if name == "trio":
+        # trio runs in this thread, so it has been imported.
+        return sys.modules["trio"].lowlevel.checkpoint_if_cancelled  # type: ignore[no-any-return]
+    if name is None:
+        try:  # anyio's own asyncio check, without its sniffio lookup per call
+            from anyio._core._eventloop import get_async_backend
+
+            return get_async_backend("asyncio").checkpoint_if_cancelled
+        except (ImportError, AttributeError):  # a future anyio: take the portable way
+            pass
+    return anyio.lowlevel.checkpoint_if_cancelled
 
 
 # ---------------------------------------------------------------------------------------

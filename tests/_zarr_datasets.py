@@ -117,7 +117,7 @@ def sample_dataset(nt: int = 8, *, start: str = "2020-01-01", seed: int = 7) -> 
 
 def encoding(ds: xr.Dataset) -> dict[str, dict[str, Any]]:
     """Zarr chunks for the variables with a time dimension."""
-    return {name: {"chunks": CHUNKS} for name, var in ds.data_vars.items() if var.ndim == 3}
+    return {str(name): {"chunks": CHUNKS} for name, var in ds.data_vars.items() if var.ndim == 3}
 
 
 async def write_dataset(
@@ -149,7 +149,7 @@ async def open_dataset(
     store = store_factory(hamt, True)
 
     def open_it() -> xr.Dataset:
-        ds = xr.open_zarr(store, **open_zarr)
+        ds: xr.Dataset = xr.open_zarr(store, **open_zarr)
         return ds.load() if load else ds
 
     return await anyio.to_thread.run_sync(open_it)

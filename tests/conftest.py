@@ -1,14 +1,25 @@
 from __future__ import annotations
 
+import gc
 import os
 import sys
+import warnings
+from typing import TYPE_CHECKING, Any
 
 import pytest
 from hypothesis import HealthCheck, settings
 
-sys.path.insert(0, os.path.dirname(__file__))  # the shared helpers (_ci, _pyhamt) import plainly
+# The shared helpers (_ci, _helpers, _pyhamt, _zarr_datasets) import plainly.
+sys.path.insert(0, os.path.dirname(__file__))
 
 from _ci import on_ci
+from _pyhamt import require_pyhamt
+
+from anyhamt import InMemoryCAS, LocalCAS
+
+if TYPE_CHECKING:
+    from collections.abc import AsyncIterator, Iterator
+    from pathlib import Path
 
 # Hypothesis: the "ci" profile keeps every example but cannot fail on machine speed (these
 # machines have 2 shared cores and may run at a load of 14), and draws the same examples
@@ -56,3 +67,31 @@ def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
 def anyio_backend() -> str:
     # Parametrised in pytest_generate_tests (or by the test itself); never used bare.
     raise AssertionError("anyio_backend is parametrised by conftest.pytest_generate_tests")
+
+
+@pytest.fixture(scope="session")
+def pyhamt() -> str:
+    """py-hamt 3.6.0's interpreter (tests/_pyhamt.py); skips without it, fails under CI."""
+    return require_pyhamt()
+
+
+@pytest.fixture
+def no_resource_warnings() -> Iterator[None]:
+    """Fail the test if anything it opened (a socket, a file, a client) was left for the
+    garbage collector to close: ``ResourceWarning`` is ignored by default, so look for it."""
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        yield
+        gc.collect()
+    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
+    assert not leaks, [str(w.message) for w in leaks]
+
+
+@pytest.fixture(params=["memory", "local"])
+async def memory_or_local_cas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
+    """Each local block store in turn: an ``InMemoryCAS``, then a ``LocalCAS`` file."""
+    if request.param == "memory":
+        yield InMemoryCAS()
+        return
+    async with LocalCAS(tmp_path / "blocks.sqlite3") as local:
+        yield local

@@ -315,7 +315,7 @@ async def _read_ipld_value(path: Path, root: str, key: str) -> Any:
 
 
 LINK = CID.decode("bafyr4if3elrywc4jjnhdlmpinpovxtrxkscs7w6z4ja57tjxx7nf7h6rxa")
-IPLD_VALUE = {
+IPLD_VALUE: dag_cbor.IPLDKind = {
     "name": "é",
     "n": [1, -2, 2.5, None, True],
     "link": LINK,

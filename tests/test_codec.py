@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
 import dag_cbor
 import pytest
 from hypothesis import given
@@ -22,6 +24,11 @@ from anyhamt._codec import (
 )
 from anyhamt._errors import BlockVerificationError
 
+if TYPE_CHECKING:
+    from collections.abc import Mapping
+
+    from dag_cbor import IPLDKind
+
 EMPTY_NODE_CID = "bafyr4igb3js3dqlnsvmbi533lhghfet3l4r35vbi7mlrvxjb6f3n5wkc3m"
 
 
@@ -35,7 +42,7 @@ def reference_encode(slots: list[object]) -> bytes:
             ipld.append({k: to_public(v) for k, v in slot.items()})
         else:
             ipld.append([to_public(slot[0])])  # type: ignore[index]
-    return bytes(dag_cbor.encode(ipld))
+    return bytes(dag_cbor.encode(cast("IPLDKind", ipld)))
 
 
 def test_empty_node_bytes_and_cid() -> None:
@@ -54,7 +61,7 @@ buckets = st.dictionaries(st.text(max_size=40), pointers, min_size=1, max_size=1
 slot_values = st.one_of(buckets, pointers.map(lambda p: [p]))
 
 
-def _place(filled: dict[int, object]) -> list[object]:
+def _place(filled: Mapping[int, object]) -> list[object]:
     slots = empty_slots()
     for index, value in filled.items():
         slots[index] = value
@@ -111,7 +118,10 @@ def test_cids_in_nodes_decode_as_links_even_via_the_general_codec() -> None:
         (bytes(dag_cbor.encode([{}] * 255 + [7])), "neither a bucket nor a link"),
         (bytes(dag_cbor.encode([{}] * 255 + [[1, 2]])), "neither a bucket nor a link"),
         # A float id sends decoding down the general path, which checks the same grammar.
-        (bytes(dag_cbor.encode([{"a": 1.5}] + [{}] * 254 + [[1, 2]])), "one-element array"),
+        (
+            bytes(dag_cbor.encode(cast("IPLDKind", [{"a": 1.5}] + [{}] * 254 + [[1, 2]]))),
+            "one-element array",
+        ),
         (bytes(dag_cbor.encode({"not": "a node"})), "256 slots"),
         (b"\x99\x01\x00" + b"\xa1\x61\xff\x41\x00" + b"\xa0" * 255, "malformed"),
         (bytes(dag_cbor.encode([{}] * 255 + [[CID.decode(EMPTY_NODE_CID)]]))[:-5], "end inside"),

@@ -9,6 +9,7 @@ from typing import Any
 import anyio
 import anyio.lowlevel
 import pytest
+from _helpers import AnyioThread, build_map, reference_root
 
 from anyhamt import (
     HAMT,
@@ -17,59 +18,46 @@ from anyhamt import (
     InMemoryCAS,
     LoopBlockedError,
 )
+from anyhamt.testing import WrapperCAS
 
 
-class SteppingCAS(ContentAddressedStore):
+class SteppingCAS(WrapperCAS):
     """Wraps a store; yields to the loop on every operation and counts them.
 
     ``on_step`` is called before each operation, which lets a test cancel at exactly the
-    n-th await point of an operation.
+    n-th await point of an operation. ``loads`` counts the loads that went ahead, by id.
     """
 
     def __init__(self, inner: ContentAddressedStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.steps = 0
         self.loads: Counter[Any] = Counter()
         self.on_step: Any = None
 
-    async def _step(self) -> None:
+    async def before(self, operation: str, id: Any = None) -> None:
         self.steps += 1
         if self.on_step is not None:
             self.on_step(self.steps)
         await anyio.lowlevel.checkpoint()
+        if operation == "load":
+            self.loads[id] += 1
 
-    async def save(self, data: bytes, codec: Any) -> Any:
-        await self._step()
-        return await self.inner.save(data, codec)
-
-    async def load(
-        self, id: Any, offset: Any = None, length: Any = None, suffix: Any = None
+    async def _load_id(
+        self,
+        ptr: Any,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
     ) -> bytes:
-        await self._step()
-        self.loads[id] += 1
-        return await self.inner.load(id, offset, length, suffix)
-
-    async def _save_many(self, blocks: Any, codec: Any) -> list[Any]:
-        await self._step()
-        return await self.inner._save_many(blocks, codec)
+        # The HAMT's loads go through load(), which the tests below override to stall
+        # or gate a particular load.
+        return await self.load(ptr, offset, length, suffix)
 
 
 async def stored_map(items: dict[str, bytes]) -> tuple[InMemoryCAS, Any]:
     """A store holding a flushed map of ``items``, and the map's root."""
     cas = InMemoryCAS()
-    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
-    for key, value in items.items():
-        await hamt.set(key, value)
-    await hamt.make_read_only()
-    return cas, hamt.root_node_id
-
-
-async def reference_root(items: dict[str, bytes], bucket: int = 4) -> Any:
-    hamt = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True, max_bucket_size=bucket)
-    for key, value in items.items():
-        await hamt.set(key, value)
-    await hamt.make_read_only()
-    return hamt.root_node_id
+    return cas, (await build_map(cas, items)).root_node_id
 
 
 async def test_concurrent_writers_and_readers_in_one_task_group() -> None:
@@ -140,21 +128,6 @@ async def test_concurrent_cold_reads_load_each_node_once() -> None:
     assert max(nodes.values()) == 1, "a node was loaded more than once"
 
 
-def _run_in_thread(backend: str, fn: Any, *args: Any) -> threading.Thread:
-    errors: list[BaseException] = []
-
-    def target() -> None:
-        try:
-            anyio.run(fn, *args, backend=backend)
-        except BaseException as exc:  # reported by the joining test
-            errors.append(exc)
-
-    thread = threading.Thread(target=target, daemon=True)
-    thread.errors = errors  # type: ignore[attr-defined]
-    thread.start()
-    return thread
-
-
 def test_two_loops_in_two_threads_share_one_hamt() -> None:
     # Sync test: it starts its own asyncio and trio loops in two threads.
     cas = SteppingCAS(InMemoryCAS())
@@ -167,14 +140,9 @@ def test_two_loops_in_two_threads_share_one_hamt() -> None:
             if i % 50 == 0:
                 await hamt.get(f"{side}-{i}")
 
-    threads = [
-        _run_in_thread("asyncio", write_side, "a"),
-        _run_in_thread("trio", write_side, "t"),
-    ]
+    threads = [AnyioThread("asyncio", write_side, "a"), AnyioThread("trio", write_side, "t")]
     for thread in threads:
-        thread.join(60)
-        assert not thread.is_alive(), "a loop hung"
-        assert not thread.errors, thread.errors  # type: ignore[attr-defined]
+        thread.join_sync(60)  # raises what the thread's loop raised
 
     async def finish() -> Any:
         await hamt.make_read_only()
@@ -209,7 +177,8 @@ def test_hamt_outlives_its_first_event_loop(first: str, second: str) -> None:
     assert anyio.run(continue_and_read, backend=second) == 599
 
     async def read_again() -> bytes:
-        return await hamt.get("k1")
+        value: bytes = await hamt.get("k1")  # values_are_bytes: get returns bytes
+        return value
 
     assert anyio.run(read_again, backend=first) == b"x"
 
@@ -222,11 +191,7 @@ async def test_cancellation_at_every_step_leaves_a_consistent_hamt() -> None:
     """
     base = {f"k{i}": f"v{i}".encode() for i in range(300)}
     inner = InMemoryCAS()
-    seed = await HAMT.build(cas=inner, values_are_bytes=True)
-    for key, value in base.items():
-        await seed.set(key, value)
-    await seed.make_read_only()
-    base_root = seed.root_node_id
+    base_root = (await build_map(inner, base)).root_node_id
 
     ops: list[tuple[str, str]] = [("set", f"new{i}") for i in range(12)]
     ops += [("delete", f"k{i}") for i in range(0, 60, 3)]
@@ -303,7 +268,7 @@ async def test_cancellation_at_every_step_leaves_a_consistent_hamt() -> None:
     assert total_steps is not None and total_steps > 20
 
 
-class BlockingCAS(ContentAddressedStore):
+class BlockingCAS(WrapperCAS):
     """A store whose loads block their thread synchronously until released.
 
     It stands in for an event loop thread stuck in a synchronous call (zarr's sync API
@@ -311,21 +276,15 @@ class BlockingCAS(ContentAddressedStore):
     """
 
     def __init__(self, inner: ContentAddressedStore) -> None:
-        self.inner = inner
+        super().__init__(inner)
         self.entered = threading.Event()
         self.release = threading.Event()
         self.block = True
 
-    async def save(self, data: bytes, codec: Any) -> Any:
-        return await self.inner.save(data, codec)
-
-    async def load(
-        self, id: Any, offset: Any = None, length: Any = None, suffix: Any = None
-    ) -> bytes:
-        if self.block:
+    async def before(self, operation: str, id: Any = None) -> None:
+        if operation == "load" and self.block:
             self.entered.set()
-            self.release.wait(30)
-        return await self.inner.load(id, offset, length, suffix)
+            self.release.wait(30)  # deliberately synchronous: it stops this loop's thread
 
 
 @pytest.mark.parametrize(
@@ -350,7 +309,7 @@ def test_waiting_on_a_blocked_loop_raises_instead_of_hanging(
     async def holder() -> None:
         await hamt.set("b", b"2")  # holds the lock while its load blocks the thread
 
-    holder_thread = _run_in_thread(holder_backend, holder)
+    holder_thread = AnyioThread(holder_backend, holder)
     assert cas.entered.wait(60)
 
     async def waiter() -> None:
@@ -361,9 +320,7 @@ def test_waiting_on_a_blocked_loop_raises_instead_of_hanging(
 
     anyio.run(waiter, backend=waiter_backend)
     cas.release.set()
-    holder_thread.join(60)
-    assert not holder_thread.is_alive()
-    assert not holder_thread.errors  # type: ignore[attr-defined]
+    holder_thread.join_sync(60)  # raises what the holder's loop raised
 
     async def check() -> set[str]:
         cas.block = False

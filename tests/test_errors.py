@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _helpers import reference_root
 
 import anyhamt
 from anyhamt import (
@@ -65,7 +66,7 @@ async def test_hash_fn_returning_nothing() -> None:
 
 
 async def test_hash_fn_returning_a_non_bytes() -> None:
-    hamt = await HAMT.build(cas=InMemoryCAS(), hash_fn=lambda data: 7, values_are_bytes=True)  # type: ignore[arg-type,return-value]
+    hamt = await HAMT.build(cas=InMemoryCAS(), hash_fn=lambda data: 7, values_are_bytes=True)
     with pytest.raises(HashTooShortError):
         await hamt.set("a", b"1")
 
@@ -168,11 +169,7 @@ async def test_corrupt_node_inside_the_tree_leaves_the_map_unchanged() -> None:
     assert len(succeeded) == 2000 - errors
     assert await snapshot(writer) == expected
     await writer.make_read_only()
-    reference = await HAMT.build(cas=InMemoryCAS(), values_are_bytes=True)
-    for key, value in expected.items():
-        await reference.set(key, value)
-    await reference.make_read_only()
-    assert writer.root_node_id == reference.root_node_id
+    assert writer.root_node_id == await reference_root(expected)
 
 
 async def test_wrong_id_types_for_the_store(tmp_path: Path) -> None:

@@ -12,11 +12,12 @@ import sqlite3
 import sys
 import threading
 from contextlib import closing
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.lowlevel
 import pytest
+from _helpers import build_map
 from anyio.streams.buffered import BufferedByteReceiveStream
 from multiformats import CID, multihash
 
@@ -123,14 +124,6 @@ anyio.run(main, sys.argv[1], sys.argv[2], int(sys.argv[3]), backend=sys.argv[4])
 
 def items(count: int, prefix: str = "") -> dict[str, bytes]:
     return {f"{prefix}key-{i}": f"value-{i}".encode() for i in range(count)}
-
-
-async def build_map(cas: Any, contents: dict[str, bytes], **kwargs: Any) -> HAMT:
-    hamt = await HAMT.build(cas=cas, values_are_bytes=True, **kwargs)
-    for key, value in contents.items():
-        await hamt.set(key, value)
-    await hamt.make_read_only()
-    return hamt
 
 
 async def all_keys(hamt: HAMT) -> set[str]:
@@ -303,10 +296,10 @@ async def test_sigkill_while_writing_loses_nothing_flushed(
         async with LocalCAS(path) as cas:
             assert await assert_every_block_verifies(cas) == count
             # The store is still writable.
-            cid = await cas.save(b"after the crash", "raw")
+            after = await cas.save(b"after the crash", "raw")
             await cas.flush()
         async with LocalCAS(path, read_only=True) as cas:
-            assert await cas.load(cid) == b"after the crash"
+            assert await cas.load(after) == b"after the crash"
 
 
 # -- verified reads --------------------------------------------------------------------------
@@ -648,7 +641,11 @@ async def test_aclose_twice_and_use_after_close(tmp_path: Path) -> None:
 
 async def test_same_bytes_same_cid_across_stores(tmp_path: Path) -> None:
     async with LocalCAS(tmp_path / "a.db") as a, LocalCAS(tmp_path / "b.db") as b:
-        for codec, prefix in (("raw", "bafkr4i"), ("dag-cbor", "bafyr4i")):
+        codecs: tuple[tuple[Literal["raw", "dag-cbor"], str], ...] = (
+            ("raw", "bafkr4i"),
+            ("dag-cbor", "bafyr4i"),
+        )
+        for codec, prefix in codecs:
             cid_a = await a.save(b"same bytes", codec)
             cid_b = await b.save(b"same bytes", codec)
             assert isinstance(cid_a, CID)

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import pytest
 from _ci import on_ci
+from _helpers import build_map
 
 from anyhamt import HAMT, LocalCAS, StoreClosedError, StoreError
 from anyhamt.cas import _local
@@ -40,14 +41,6 @@ def items(count: int, prefix: str = "key", size: int = 8) -> dict[str, bytes]:
     return {
         f"{prefix}-{i}": (f"{prefix}-{i}|".encode() * (size // 4 + 1))[:size] for i in range(count)
     }
-
-
-async def build_map(cas: Any, contents: dict[str, bytes]) -> HAMT:
-    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
-    for key, value in contents.items():
-        await hamt.set(key, value)
-    await hamt.make_read_only()
-    return hamt
 
 
 async def assert_reads_back(path: Path, root: Any, contents: dict[str, bytes]) -> None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import pytest
 import sniffio
+from _helpers import build_map
 
 from anyhamt import HAMT, InMemoryCAS, LocalCAS, LoopBlockedError
 from anyhamt._loops import repair_sniffio
@@ -68,11 +69,7 @@ async def test_the_leak_is_real_and_repair_fixes_only_the_task_it_runs_in(
 
 
 async def deep_map(cas: Any, n: int = 3000) -> Any:
-    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
-    for i in range(n):
-        await hamt.set(f"k{i}", str(i).encode())
-    await hamt.make_read_only()
-    return hamt.root_node_id
+    return (await build_map(cas, {f"k{i}": str(i).encode() for i in range(n)})).root_node_id
 
 
 async def test_keys_of_a_deep_read_only_map_on_the_leaked_thread(io_loop: LoopThread) -> None:

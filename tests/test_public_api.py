@@ -32,7 +32,7 @@ def test_all_is_sorted_and_complete() -> None:
     for module in (anyhamt, anyhamt.cas):
         # Names loaded on first access (the Zarr stores) are in __all__ before they are in
         # the module's namespace.
-        lazy = getattr(module, "_ZARR_NAMES", frozenset())
+        lazy: frozenset[str] = getattr(module, "_ZARR_NAMES", frozenset())
         assert module.__all__ == sorted(module.__all__), module.__name__
         assert set(module.__all__) == _public(module) | lazy, module.__name__
 

@@ -12,17 +12,12 @@ import random
 from typing import TYPE_CHECKING, Any
 
 import pytest
-from _pyhamt import require_pyhamt, run_pyhamt
+from _pyhamt import run_pyhamt
 
 from anyhamt import HAMT, InMemoryCAS
 
 if TYPE_CHECKING:
     from pathlib import Path
-
-
-@pytest.fixture(scope="module")
-def pyhamt() -> None:
-    require_pyhamt()
 
 
 # Runs a list of operations in py-hamt, prints the root and every block of its store.

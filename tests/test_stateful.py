@@ -361,7 +361,7 @@ def test_hamt_behaves_like_a_dict(backend: str, hash_fn: Callable[[bytes], bytes
     seen: Counter[str] = Counter()
     with start_blocking_portal(backend) as portal:
         run_state_machine_as_test(
-            lambda: HamtVersusDict(portal, hash_fn, seen),  # type: ignore[arg-type,return-value]
+            lambda: HamtVersusDict(portal, hash_fn, seen),  # type: ignore[arg-type]
             settings=settings(
                 max_examples=100,
                 stateful_step_count=40,

@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Self
 
 from .._codec import as_link, as_pointer, codec_name, to_public
 from .._errors import BlockNotFoundError, InvalidIdError, InvalidRangeError
+from .._loops import checkpoint_if_cancelled
 from .._tasks import map_bounded
 
 if TYPE_CHECKING:
@@ -82,8 +83,10 @@ class ContentAddressedStore(ABC):
     * ``flush()``: make every saved block durable; the HAMT calls it at the end of its
       own flush, so a store may buffer saves until then.
 
-    Cancellation: a cancelled ``save`` may or may not have stored the block; saving the same
-    bytes again is always safe. A cancelled ``load`` has no effect.
+    Cancellation: every public async method checks for cancellation on entry, so a call
+    made in a cancelled scope raises and does nothing. A ``save`` cancelled later may or
+    may not have stored the block; saving the same bytes again is always safe. A
+    cancelled ``load`` has no effect.
     """
 
     CodecInput = Literal["raw", "dag-cbor"]
@@ -108,6 +111,7 @@ class ContentAddressedStore(ABC):
     async def get_block(self, id: Any) -> bytes:
         """The stored block ``id`` names, exactly as stored (for a dag-pb CID the node
         itself, not the UnixFS file ``load`` assembles). ``BlockNotFoundError`` if absent."""
+        await checkpoint_if_cancelled()
         return await self._load_id(as_pointer(id))
 
     async def put_block(self, id: Any, data: bytes) -> None:
@@ -116,6 +120,7 @@ class ContentAddressedStore(ABC):
         This default saves through ``save`` and must get ``id`` back, so it takes raw and
         dag-cbor blocks hashed the way the store hashes; ``InvalidIdError`` otherwise.
         """
+        await checkpoint_if_cancelled()
         link = as_link(id)
         codec = codec_name(link.codec)
         if codec not in ("raw", "dag-cbor"):
@@ -132,6 +137,7 @@ class ContentAddressedStore(ABC):
 
     async def has(self, id: Any) -> bool:
         """Whether the store holds the value ``id`` names (without reading all of it)."""
+        await checkpoint_if_cancelled()
         try:
             await self._size_id(as_pointer(id))
         except BlockNotFoundError:
@@ -140,22 +146,28 @@ class ContentAddressedStore(ABC):
 
     async def pin_cid(self, id: Any, target_rpc: str) -> None:
         """Pin a block and everything it links to (a no-op for stores without pins)."""
+        await checkpoint_if_cancelled()
 
     async def unpin_cid(self, id: Any, target_rpc: str) -> None:
         """Remove a pin (a no-op for stores without pins)."""
+        await checkpoint_if_cancelled()
 
     async def pin_update(self, old_id: Any, new_id: Any, target_rpc: str) -> None:
         """Move a pin from one root to another (a no-op for stores without pins)."""
+        await checkpoint_if_cancelled()
 
     async def pin_ls(self, target_rpc: str) -> dict[str, dict[str, Any]]:
         """Pins by CID text, as Kubo lists them (empty for stores without pins)."""
+        await checkpoint_if_cancelled()
         return {}
 
     async def flush(self) -> None:
         """Make every block saved so far durable. Stores that write through do nothing."""
+        await checkpoint_if_cancelled()
 
     async def aclose(self) -> None:
         """Release the store's resources. Safe to call more than once."""
+        await checkpoint_if_cancelled()
 
     async def __aenter__(self) -> Self:
         return self

@@ -23,6 +23,7 @@ from .._errors import (
     StoreClosedError,
     StoreError,
 )
+from .._loops import checkpoint_if_cancelled
 from ._base import ContentAddressedStore, slice_block
 from ._unixfs import build_file, file_size, read_file, read_file_range
 
@@ -571,6 +572,9 @@ class LocalCAS(ContentAddressedStore):
     * **Concurrency.** One instance may be shared by tasks on any event loop and thread;
       several processes may open the same file (SQLite locks it). Commits run in a writer
       thread, so neither the event loop nor the saving task waits for the disk.
+    * **Cancellation.** Every async method checks for it on entry: a call made in a
+      cancelled scope raises it and does nothing (``aclose`` still closes first). Each
+      method's docstring says what a cancellation later on means.
     """
 
     def __init__(
@@ -617,7 +621,11 @@ class LocalCAS(ContentAddressedStore):
         return (_unpickle_local, (str(self.path), settings))
 
     async def save(self, data: bytes, codec: ContentAddressedStore.CodecInput) -> CID:
-        # docstring inherited
+        """Store ``data`` and return its CID; it is readable at once, durable after a flush.
+
+        Cancellation: the block may or may not be stored; saving it again is safe.
+        """
+        await checkpoint_if_cancelled()
         return (await self._save_id(data, codec)).to_cid()
 
     async def load(
@@ -627,7 +635,11 @@ class LocalCAS(ContentAddressedStore):
         length: int | None = None,
         suffix: int | None = None,
     ) -> bytes:
-        # docstring inherited
+        """Return the value ``id`` names, or the byte range of it asked for, verified.
+
+        Cancellation: nothing happened.
+        """
+        await checkpoint_if_cancelled()
         return await self._load_id(as_link(id), offset, length, suffix)
 
     async def flush(self) -> None:
@@ -643,6 +655,7 @@ class LocalCAS(ContentAddressedStore):
         Cancellation stops the wait, not the commit: the blocks still land, and a failure
         the cancelled flush would have raised is raised by the next one.
         """
+        await checkpoint_if_cancelled()
         db = self._db
         with db.mutex:
             waiter = db.watch()
@@ -662,16 +675,23 @@ class LocalCAS(ContentAddressedStore):
 
         Raises ``StoreError`` if blocks could not be committed (they are lost with the
         store) or a failed commit was never reported by a flush. Cancellation does not
-        interrupt it: the store is closed when it returns.
+        interrupt it: the store is closed (its pending blocks committed) when it returns,
+        and then the cancellation is raised.
         """
         if self._finalizer.detach() is None:
+            await checkpoint_if_cancelled()
             return  # closed already, or closing in another task
-        failure = await anyio.to_thread.run_sync(self._db.close)
+        # Shielded: the thread call would otherwise raise at its start in a cancelled scope,
+        # before closing anything, with the finalizer that would close the store detached.
+        with anyio.CancelScope(shield=True):
+            failure = await anyio.to_thread.run_sync(self._db.close)
         if failure is not None:
             raise failure.error()
+        await checkpoint_if_cancelled()
 
     async def has(self, id: Any) -> bool:
-        """Whether the store holds the block ``id`` names."""
+        """Whether the store holds the block ``id`` names. Cancellation: nothing happened."""
+        await checkpoint_if_cancelled()
         data, _ = self._db.lookup(as_link(id))
         return data is not None
 
@@ -681,16 +701,38 @@ class LocalCAS(ContentAddressedStore):
 
     async def get_block(self, id: Any) -> bytes:
         """The bytes of one block, verified; for a dag-pb CID the node itself, not the file
-        it heads (``load`` gives the file)."""
+        it heads (``load`` gives the file). Cancellation: nothing happened."""
+        await checkpoint_if_cancelled()
         return await self._block(as_link(id))
 
     async def put_block(self, id: Any, data: bytes) -> None:
-        """Store a block under a CID that was computed elsewhere (CAR import), after checking it."""
+        """Store a block under a CID that was computed elsewhere (CAR import), after checking it.
+
+        Cancellation: the block may or may not be stored; storing it again is safe.
+        """
+        await checkpoint_if_cancelled()
         link = as_link(id)
         verify_block(link, data)
         await self._add(link, bytes(data))
 
-    # -- internal fast protocol ---------------------------------------------------------
+    async def pin_cid(self, id: Any, target_rpc: str) -> None:
+        """A no-op: a local file has no pins. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def unpin_cid(self, id: Any, target_rpc: str) -> None:
+        """A no-op: a local file has no pins. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def pin_update(self, old_id: Any, new_id: Any, target_rpc: str) -> None:
+        """A no-op: a local file has no pins. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def pin_ls(self, target_rpc: str) -> dict[str, dict[str, Any]]:
+        """No pins in a local file: ``{}``. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+        return {}
+
+    # -- internal fast protocol: no cancellation check, the HAMT's public methods make it --
 
     async def _save_id(self, data: bytes, codec: ContentAddressedStore.CodecInput) -> Link:
         code = codec_code(codec)

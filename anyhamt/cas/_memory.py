@@ -8,6 +8,7 @@ from blake3 import blake3
 
 from .._codec import Link
 from .._errors import BlockNotFoundError, InvalidIdError
+from .._loops import checkpoint_if_cancelled
 from ._base import ContentAddressedStore, slice_block
 
 if TYPE_CHECKING:
@@ -25,6 +26,10 @@ class InMemoryCAS(ContentAddressedStore):
     The ids are py-hamt's: raw multihash ``bytes``, not CIDs, so a HAMT built here has the
     same root bytes as one built with py-hamt's ``InMemoryCAS``. Safe to share between
     event loops and threads (each operation is a single dict access).
+
+    Cancellation: every async method checks for it on entry; a call made in a cancelled
+    scope raises the cancellation and does nothing. Past that check none of them waits,
+    so a call that started completes.
     """
 
     def __init__(self) -> None:
@@ -36,7 +41,8 @@ class InMemoryCAS(ContentAddressedStore):
         return key
 
     async def save(self, data: bytes, codec: ContentAddressedStore.CodecInput) -> bytes:
-        # docstring inherited
+        """Store ``data`` and return its id. Cancellation: nothing is stored."""
+        await checkpoint_if_cancelled()
         return self._put(data)
 
     async def load(
@@ -46,7 +52,14 @@ class InMemoryCAS(ContentAddressedStore):
         length: int | None = None,
         suffix: int | None = None,
     ) -> bytes:
-        # docstring inherited
+        """Return the block ``id`` names, or the byte range of it asked for.
+
+        Cancellation: nothing happened.
+        """
+        await checkpoint_if_cancelled()
+        return self._get(id, offset, length, suffix)
+
+    def _get(self, id: Any, offset: int | None, length: int | None, suffix: int | None) -> bytes:
         if type(id) is not bytes:
             if isinstance(id, Link):
                 raise InvalidIdError(
@@ -66,9 +79,63 @@ class InMemoryCAS(ContentAddressedStore):
             ) from None
         return slice_block(data, offset, length, suffix)
 
-    # The public methods already use the internal id form; skip a wrapper on the hot path.
-    _save_id = save
-    _load_id = load  # type: ignore[assignment]  # same signature, parameter named `id`
+    async def get_block(self, id: Any) -> bytes:
+        # docstring inherited
+        await checkpoint_if_cancelled()
+        return await super().get_block(id)
+
+    async def put_block(self, id: Any, data: bytes) -> None:
+        # docstring inherited
+        await checkpoint_if_cancelled()
+        await super().put_block(id, data)
+
+    async def has(self, id: Any) -> bool:
+        # docstring inherited
+        await checkpoint_if_cancelled()
+        return await super().has(id)
+
+    async def flush(self) -> None:
+        """Nothing to do: every block is in memory once saved. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def aclose(self) -> None:
+        """Nothing to release. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def pin_cid(self, id: Any, target_rpc: str) -> None:
+        """A no-op: no pins in memory. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def unpin_cid(self, id: Any, target_rpc: str) -> None:
+        """A no-op: no pins in memory. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def pin_update(self, old_id: Any, new_id: Any, target_rpc: str) -> None:
+        """A no-op: no pins in memory. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+
+    async def pin_ls(self, target_rpc: str) -> dict[str, dict[str, Any]]:
+        """No pins in memory: ``{}``. Cancellation: raised."""
+        await checkpoint_if_cancelled()
+        return {}
+
+    # -- internal fast protocol: no cancellation check, the HAMT's public methods make it --
+
+    async def _save_id(self, data: bytes, codec: ContentAddressedStore.CodecInput) -> bytes:
+        return self._put(data)
+
+    async def _load_id(
+        self,
+        ptr: Any,
+        offset: int | None = None,
+        length: int | None = None,
+        suffix: int | None = None,
+    ) -> bytes:
+        # The hot path of every read inlines _get's common case.
+        data = self.store.get(ptr) if type(ptr) is bytes else None
+        if data is None:
+            return self._get(ptr, offset, length, suffix)
+        return slice_block(data, offset, length, suffix)
 
     async def _size_id(self, ptr: Any) -> int:
         # docstring inherited

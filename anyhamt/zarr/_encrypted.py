@@ -43,6 +43,9 @@ class SimpleEncryptedZarrHAMTStore(ZarrHAMTStore):
 
     A wrong key, a wrong header or an altered block raises ``DecryptionError``, which says
     only that decryption failed. Pickling a store (dask) includes the key.
+
+    Cancellation: as for ``ZarrHAMTStore``; every async method checks for it on entry, and
+    a cancelled write stored the encrypted value entirely or not at all.
     """
 
     def __init__(self, hamt: HAMT, read_only: bool, encryption_key: bytes, header: bytes) -> None:

@@ -19,7 +19,7 @@ from .._errors import (
     StoreReadOnlyError,
 )
 from .._hamt import HAMT
-from .._loops import repair_sniffio
+from .._loops import checkpoint_if_cancelled, repair_sniffio
 from .._tasks import map_bounded
 from ..cas._base import slice_block
 from ._state import HamtTicket, hamt_state, ticket_for
@@ -122,7 +122,11 @@ class ZarrHAMTStore(Store):
     not implemented, none of them: every read may need I/O on an event loop, and blocking
     zarr's loop thread on it could deadlock.
 
-    Cancellation: a cancelled ``set`` or ``delete`` happened entirely or not at all.
+    Cancellation: every async method checks for it on entry, so a call made in a cancelled
+    scope raises the cancellation and does nothing. Cancelled later on, a ``set``,
+    ``set_if_not_exists`` or ``delete`` happened entirely or not at all; a read (``get``,
+    ``get_partial_values``, ``exists``, ``getsize``, ``is_empty``) or a listing changed
+    nothing, and a listing stops.
     """
 
     _hamt: HAMT | None
@@ -222,6 +226,7 @@ class ZarrHAMTStore(Store):
 
     async def set_partial_values(self, key_start_values: Iterable[tuple[str, int, Any]]) -> None:
         """Not supported (zarr 3.0.x's abstract method; later zarr never calls it)."""
+        await checkpoint_if_cancelled()
         raise NotImplementedError("ZarrHAMTStore does not support partial writes")
 
     def _check_writable(self) -> None:
@@ -259,12 +264,12 @@ class ZarrHAMTStore(Store):
                 and (ticket.token == other_ticket.token)
             )
         # Two HAMTs, each read-only at the same root, hold the same content.
+        root = mine._flushed_root()
         return (
             mine.read_only
             and theirs.read_only
-            and mine._tree is None
-            and theirs._tree is None
-            and mine._root == theirs._root
+            and root is not None
+            and root == theirs._flushed_root()
         )
 
     __hash__ = None  # type: ignore[assignment]  # mutable, like zarr's own stores
@@ -273,8 +278,8 @@ class ZarrHAMTStore(Store):
         hamt = self._hamt
         if hamt is None:
             return "hamt://detached"
-        root = hamt._root
-        if hamt._tree is not None or root is None:
+        root = hamt._flushed_root()
+        if root is None:
             return f"hamt://unflushed-{id(hamt):x}"
         return f"hamt://{root.hex() if type(root) is bytes else root}"
 
@@ -288,8 +293,9 @@ class ZarrHAMTStore(Store):
         writable one, whose content may change under the same object.
         """
         hamt = self._hamt
-        if hamt is not None and hamt.read_only and hamt._tree is None and hamt._root is not None:
-            return (type(self).__qualname__, bytes(hamt._root), self.read_only, self._token())
+        root = None if hamt is None or not hamt.read_only else hamt._flushed_root()
+        if root is not None:
+            return (type(self).__qualname__, bytes(root), self.read_only, self._token())
         return (type(self).__qualname__, uuid.uuid4().hex)
 
     def _token(self) -> str:
@@ -307,6 +313,7 @@ class ZarrHAMTStore(Store):
     ) -> Buffer | None:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         hamt = self.hamt
         offset, length, suffix = _range_args(byte_range)
         if key.endswith(_METADATA_SUFFIX):
@@ -344,6 +351,7 @@ class ZarrHAMTStore(Store):
     ) -> list[Buffer | None]:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
 
         async def one(request: tuple[str, ByteRequest | None]) -> Buffer | None:
             return await self.get(request[0], prototype, request[1])
@@ -353,6 +361,7 @@ class ZarrHAMTStore(Store):
     async def exists(self, key: str) -> bool:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         hamt = self.hamt
         try:
             await hamt._get_pointer(key, hamt._hash(key))
@@ -363,6 +372,7 @@ class ZarrHAMTStore(Store):
     async def getsize(self, key: str) -> int:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         hamt = self.hamt
         try:
             pointer = await hamt._get_pointer(key, hamt._hash(key))
@@ -375,12 +385,14 @@ class ZarrHAMTStore(Store):
     async def set(self, key: str, value: Buffer) -> None:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         self._check_writable()
         await self._write(key, value, only_if_absent=False)
 
     async def set_if_not_exists(self, key: str, value: Buffer) -> None:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         self._check_writable()
         await self._write(key, value, only_if_absent=True)
 
@@ -413,6 +425,7 @@ class ZarrHAMTStore(Store):
     async def delete(self, key: str) -> None:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         self._check_writable()
         hamt = self.hamt
         state = self._state
@@ -434,6 +447,7 @@ class ZarrHAMTStore(Store):
     async def list(self) -> AsyncIterator[str]:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         index = await self.hamt._key_index()
         for key in index.with_prefix(""):
             yield key
@@ -441,6 +455,7 @@ class ZarrHAMTStore(Store):
     async def list_prefix(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         index = await self.hamt._key_index()
         for key in index.with_prefix(prefix):
             yield key
@@ -448,6 +463,7 @@ class ZarrHAMTStore(Store):
     async def list_dir(self, prefix: str) -> AsyncIterator[str]:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         index = await self.hamt._key_index()
         for name in index.children(_dir_prefix(prefix)):
             yield name
@@ -455,6 +471,7 @@ class ZarrHAMTStore(Store):
     async def is_empty(self, prefix: str) -> bool:
         # docstring inherited
         repair_sniffio()
+        await checkpoint_if_cancelled()
         index = await self.hamt._key_index()
         return not index.has_prefix(_dir_prefix(prefix))
 

@@ -144,8 +144,8 @@ def ticket_for(hamt: HAMT) -> HamtTicket:
     """The ticket a store over ``hamt`` pickles to."""
     state = hamt_state(hamt)
     reopen: tuple[Any, ...] | None = None
-    root = hamt._root
-    if hamt.read_only and hamt._tree is None and root is not None:
+    root = hamt._flushed_root()
+    if hamt.read_only and root is not None:
         cas: ContentAddressedStore = hamt.cas
         reopen = (cas, root, hamt.hash_fn, hamt.max_bucket_size, hamt.values_are_bytes)
     return HamtTicket(os.getpid(), state.token, reopen)

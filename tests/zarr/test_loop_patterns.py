@@ -19,13 +19,10 @@ import numpy as np
 import pytest
 import xarray as xr
 
-from anyhamt import HAMT, InMemoryCAS, LocalCAS, LoopBlockedError
+from anyhamt import HAMT, InMemoryCAS, LoopBlockedError
 from anyhamt.zarr import SimpleEncryptedZarrHAMTStore, ZarrHAMTStore
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator
-    from pathlib import Path
-
     from anyhamt import ContentAddressedStore
 
 # xarray writes consolidated metadata by default, and zarr warns that it is not (yet) part of
@@ -62,15 +59,6 @@ def many_chunk_dataset() -> Any:
     return xr.Dataset(
         {"v": (("y", "x"), rng.random((32, 32), dtype="float32"))},
     ).chunk({"y": 1, "x": 1})
-
-
-@pytest.fixture(params=["memory", "local"])
-async def cas(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Any]:
-    if request.param == "memory":
-        yield InMemoryCAS()
-        return
-    async with LocalCAS(tmp_path / "blocks.sqlite3") as local:
-        yield local
 
 
 async def reopen(hamt: HAMT) -> HAMT:
@@ -112,32 +100,40 @@ async def round_trip_directly(cas: ContentAddressedStore, ds: Any) -> None:
     )
 
 
-async def test_documented_pattern_off_the_loop_thread(cas: ContentAddressedStore) -> None:
-    await round_trip_off_thread(cas, small_dataset())
+async def test_documented_pattern_off_the_loop_thread(
+    memory_or_local_cas: ContentAddressedStore,
+) -> None:
+    await round_trip_off_thread(memory_or_local_cas, small_dataset())
 
 
-async def test_documented_pattern_with_values_over_a_mib(cas: ContentAddressedStore) -> None:
-    await round_trip_off_thread(cas, big_chunk_dataset())
+async def test_documented_pattern_with_values_over_a_mib(
+    memory_or_local_cas: ContentAddressedStore,
+) -> None:
+    await round_trip_off_thread(memory_or_local_cas, big_chunk_dataset())
 
 
-async def test_direct_calls_small_dataset(cas: ContentAddressedStore) -> None:
-    await round_trip_directly(cas, small_dataset())
+async def test_direct_calls_small_dataset(memory_or_local_cas: ContentAddressedStore) -> None:
+    await round_trip_directly(memory_or_local_cas, small_dataset())
 
 
-async def test_direct_calls_with_values_over_a_mib(cas: ContentAddressedStore) -> None:
+async def test_direct_calls_with_values_over_a_mib(
+    memory_or_local_cas: ContentAddressedStore,
+) -> None:
     # On LocalCAS each chunk is a UnixFS file; its save and load go through anyio threads.
-    await round_trip_directly(cas, big_chunk_dataset())
+    await round_trip_directly(memory_or_local_cas, big_chunk_dataset())
 
 
-async def test_direct_calls_on_a_deep_read_only_map(cas: ContentAddressedStore) -> None:
+async def test_direct_calls_on_a_deep_read_only_map(
+    memory_or_local_cas: ContentAddressedStore,
+) -> None:
     # Listing walks every level of the map with an anyio task group on zarr's thread.
-    await round_trip_directly(cas, many_chunk_dataset())
+    await round_trip_directly(memory_or_local_cas, many_chunk_dataset())
 
 
-async def test_direct_calls_encrypted(cas: ContentAddressedStore) -> None:
+async def test_direct_calls_encrypted(memory_or_local_cas: ContentAddressedStore) -> None:
     ds = small_dataset()
     key, header = bytes(range(32)), b"loops"
-    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
+    hamt = await HAMT.build(cas=memory_or_local_cas, values_are_bytes=True)
     ds.to_zarr(store=SimpleEncryptedZarrHAMTStore(hamt, False, key, header), mode="w")
     reader = SimpleEncryptedZarrHAMTStore(await reopen(hamt), True, key, header)
     xr.testing.assert_identical(read(reader, consolidated=False), ds.load())

@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import anyio.to_thread
 import pytest
 import xarray as xr
-from _pyhamt import require_pyhamt, run_pyhamt
+from _pyhamt import run_pyhamt
 from _zarr_datasets import (
     CONSOLIDATED_V3_WARNING,
     ENCRYPTION_HEADER,
@@ -50,11 +50,6 @@ VARIANTS = [
     pytest.param(False, True, id="plain-consolidated"),
     pytest.param(True, False, id="encrypted-unconsolidated"),
 ]
-
-
-@pytest.fixture(scope="module")
-def pyhamt() -> str:
-    return require_pyhamt()
 
 
 def run_pyhamt_spec(directory: Path, spec: dict[str, Any]) -> dict[str, Any]:
@@ -87,9 +82,9 @@ def written_by_pyhamt(
 ) -> dict[tuple[bool, bool], dict[str, Any]]:
     """py-hamt's writes, once per module (both backends read the same ones)."""
     directory = tmp_path_factory.mktemp("pyhamt-zarr")
-    out = {}
+    out: dict[tuple[bool, bool], dict[str, Any]] = {}
     for param in VARIANTS:
-        encrypted, consolidated = param.values
+        encrypted, consolidated = cast("tuple[bool, bool]", param.values)
         spec = {
             "mode": "write",
             "cas": {"kind": "memory"},

@@ -2,7 +2,7 @@
 
 The classes run on asyncio only: zarr's base class calls asyncio directly (``gather``,
 ``zarr.core.sync``), so under trio it would test zarr's limits, not ours. The stores' own
-behaviour on trio is covered in test_trio_patterns.py.
+behaviour on trio is covered in test_loop_patterns.py.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ from anyhamt.zarr import SimpleEncryptedZarrHAMTStore, ZarrHAMTStore
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
+
+    from zarr.core.buffer import Buffer
 
 KEY = bytes(range(32))
 HEADER = b"anyhamt-conformance"
@@ -50,7 +52,7 @@ class TestZarrHAMTStore(StoreTests[ZarrHAMTStore, cpu.Buffer]):
     def store_kwargs(self) -> dict[str, Any]:
         return {"hamt": HAMT(InMemoryCAS(), values_are_bytes=True), "read_only": False}
 
-    async def set(self, store: ZarrHAMTStore, key: str, value: cpu.Buffer) -> None:
+    async def set(self, store: ZarrHAMTStore, key: str, value: Buffer) -> None:
         await store.hamt.set(key, value.to_bytes())
 
     async def get(self, store: ZarrHAMTStore, key: str) -> cpu.Buffer:
@@ -71,7 +73,7 @@ class TestZarrHAMTStoreOnLocalCAS(TestZarrHAMTStore):
     """The same suite over the persistent store (values reach SQLite, not a dict)."""
 
     @pytest.fixture
-    async def store_kwargs(self, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:  # type: ignore[override]
+    async def store_kwargs(self, tmp_path: Path) -> AsyncIterator[dict[str, Any]]:
         async with LocalCAS(tmp_path / "blocks.sqlite3") as cas:
             yield {"hamt": HAMT(cas, values_are_bytes=True), "read_only": False}
 
@@ -91,7 +93,7 @@ class TestSimpleEncryptedZarrHAMTStore(StoreTests[SimpleEncryptedZarrHAMTStore, 
             "header": HEADER,
         }
 
-    async def set(self, store: SimpleEncryptedZarrHAMTStore, key: str, value: cpu.Buffer) -> None:
+    async def set(self, store: SimpleEncryptedZarrHAMTStore, key: str, value: Buffer) -> None:
         await store.hamt.set(key, encrypt(value.to_bytes()))
 
     async def get(self, store: SimpleEncryptedZarrHAMTStore, key: str) -> cpu.Buffer:

@@ -231,7 +231,8 @@ async def test_encrypted_dataset_needs_key_and_header(
     assert "temp/zarr.json" in [key async for key in plain.keys()]
 
     def open_with(store: Any) -> xr.Dataset:
-        return xr.open_zarr(store, consolidated=True).load()
+        ds: xr.Dataset = xr.open_zarr(store, consolidated=True)
+        return ds.load()
 
     with pytest.raises(DecryptionError, match="decryption"):
         await anyio.to_thread.run_sync(open_with, wrong(plain))
