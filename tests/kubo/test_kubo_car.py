@@ -10,6 +10,8 @@ import pytest
 
 from anyhamt import HAMT, KuboCAS, LocalCAS, export_car, import_car
 
+from ._helpers import cas_for
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -39,7 +41,7 @@ def dag_export(daemon: KuboDaemon, root: object) -> bytes:
 
 
 async def write_hamt(cas: object, n: int, big: bool = False) -> object:
-    hamt = await HAMT.build(cas=cas, values_are_bytes=True)  # type: ignore[arg-type]
+    hamt = await HAMT.build(cas=cas, values_are_bytes=True)
     for i in range(n):
         await hamt.set(f"k{i}", f"value-{i}".encode())
     if big:
@@ -86,13 +88,9 @@ async def test_car_import_into_kubo_through_kubocas(
         root = await write_hamt(local, 200)
         car = io.BytesIO()
         await export_car(local, root, car)
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as cas:
+    async with cas_for(kubo_daemon) as cas:
         assert await import_car(cas, car.getvalue()) == [root]
         assert not cas._pending  # flushed: every block confirmed by Kubo
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as fresh:
+    async with cas_for(kubo_daemon) as fresh:
         hamt = await HAMT.build(cas=fresh, root_node_id=root, values_are_bytes=True, read_only=True)
         assert await hamt.get("k199") == b"value-199"

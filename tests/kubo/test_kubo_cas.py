@@ -11,6 +11,8 @@ import pytest
 from anyhamt import HAMT, BlockNotFoundError, KuboCAS, KuboError, LocalCAS
 from anyhamt._codec import DAG_CBOR, RAW, make_link
 
+from ._helpers import cas_for
+
 if TYPE_CHECKING:
     from pathlib import Path
 
@@ -32,10 +34,6 @@ def kubo_add(daemon: KuboDaemon, data: bytes, chunker: str = "size-1048576") -> 
     response.raise_for_status()
     cid: str = response.json()["Hash"]
     return cid
-
-
-def cas_for(daemon: KuboDaemon, **kwargs: object) -> KuboCAS:
-    return KuboCAS(rpc_base_url=daemon.rpc_url, gateway_base_url=daemon.gateway_url, **kwargs)  # type: ignore[arg-type]
 
 
 async def test_hamt_round_trip_on_kubo(kubo_cas: KuboCAS) -> None:

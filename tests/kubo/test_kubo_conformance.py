@@ -6,11 +6,14 @@ from typing import TYPE_CHECKING
 
 import pytest
 
-from anyhamt import KuboCAS
 from anyhamt.testing import ContentAddressedStoreTests
+
+from ._helpers import cas_for
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from anyhamt import KuboCAS
 
     from ._daemon import KuboDaemon
 
@@ -20,9 +23,7 @@ pytestmark = pytest.mark.kubo
 class TestKuboCAS(ContentAddressedStoreTests):
     @pytest.fixture
     async def store(self, kubo_daemon: KuboDaemon) -> AsyncIterator[KuboCAS]:
-        async with KuboCAS(
-            rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-        ) as cas:
+        async with cas_for(kubo_daemon) as cas:
             yield cas
 
 
@@ -31,9 +32,8 @@ class TestKuboCASUnverified(ContentAddressedStoreTests):
 
     @pytest.fixture
     async def store(self, kubo_daemon: KuboDaemon) -> AsyncIterator[KuboCAS]:
-        async with KuboCAS(
-            rpc_base_url=kubo_daemon.rpc_url,
-            gateway_base_url=kubo_daemon.gateway_url,
+        async with cas_for(
+            kubo_daemon,
             verify=False,
         ) as cas:
             yield cas

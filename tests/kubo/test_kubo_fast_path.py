@@ -3,73 +3,32 @@
 Against the real daemon: the fast path answers, its bytes are verified, a missing block
 still ends as BlockNotFoundError (through httpx), a restarted daemon's dead keep-alive
 connections are replaced, and every loop's connections are closed without warnings.
-A tiny in-process gateway produces what Kubo will not on demand: a hung response, wrong
-bytes, a chunked answer, ``Connection: close``.
+What Kubo will not do on demand (hangs, wrong bytes, odd answers) is in
+test_kubo_fake_gateway.py; the response parser's own cases are at the end of this module.
 """
 
 from __future__ import annotations
 
-import gc
-import warnings
+import asyncio
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import httpx
 import pytest
 import sniffio
 
-from anyhamt import BlockNotFoundError, BlockVerificationError, KuboCAS
+from anyhamt import BlockNotFoundError
 from anyhamt._codec import RAW, make_link
+from anyhamt.cas._http import FastPool, _ProtocolConnection
 
-from .test_kubo_loops import run_in_thread
+from ._fake_gateway import plain
+from ._helpers import cas_for, pool_of, run_in_thread, store
 
 if TYPE_CHECKING:
-    from collections.abc import AsyncIterator, Callable, Iterator
-
     from ._daemon import KuboDaemon
-
-pytestmark = pytest.mark.kubo
-
-
-def cas_for(daemon: KuboDaemon, **kwargs: Any) -> KuboCAS:
-    return KuboCAS(rpc_base_url=daemon.rpc_url, gateway_base_url=daemon.gateway_url, **kwargs)
-
-
-@pytest.fixture
-def no_resource_warnings() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        gc.collect()
-    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaks, [str(w.message) for w in leaks]
-
-
-@pytest.fixture
-def httpx_gets(monkeypatch: pytest.MonkeyPatch) -> list[str]:
-    """Paths of the gateway GETs that went through httpx."""
-    seen: list[str] = []
-    send = httpx.AsyncClient.send
-
-    async def counting(self: httpx.AsyncClient, request: httpx.Request, **kw: Any) -> Any:
-        if request.method == "GET":
-            seen.append(request.url.path)
-        return await send(self, request, **kw)
-
-    monkeypatch.setattr(httpx.AsyncClient, "send", counting)
-    return seen
-
-
-def pool_of(cas: KuboCAS) -> Any:
-    return cas._loops[anyio.lowlevel.current_token().native_token].fast
-
-
-async def store(daemon: KuboDaemon, blocks: list[bytes]) -> list[Any]:
-    async with cas_for(daemon) as writer:
-        return [await writer.save(b, "raw") for b in blocks]
 
 
 @pytest.mark.usefixtures("no_resource_warnings")
+@pytest.mark.kubo
 async def test_reads_take_the_fast_path_and_are_verified(
     kubo_daemon: KuboDaemon, httpx_gets: list[str]
 ) -> None:
@@ -80,8 +39,7 @@ async def test_reads_take_the_fast_path_and_are_verified(
         for cid, data in zip(cids, blocks, strict=True):
             assert await cas.load(cid) == data
             assert await cas.get_block(cid) == data
-        assert cas._fast_reads == 2 * len(blocks)
-        assert httpx_gets == []
+        assert httpx_gets == []  # every read above was the fast path's
         # Sequential reads reuse one keep-alive connection.
         assert len(pool_of(cas)._open) == 1
         # Concurrent reads use several, at most the limiter's size stay open.
@@ -92,6 +50,7 @@ async def test_reads_take_the_fast_path_and_are_verified(
         assert httpx_gets == []
 
 
+@pytest.mark.kubo
 async def test_missing_block_falls_back_to_httpx(
     kubo_daemon: KuboDaemon, httpx_gets: list[str]
 ) -> None:
@@ -103,9 +62,10 @@ async def test_missing_block_falls_back_to_httpx(
             await cas.load(missing)
         assert httpx_gets == [f"/ipfs/{missing}"]  # the 404 was decided by httpx
         assert await cas.load(cid) == b"present"  # and the pool is fine
-        assert cas._fast_reads == 2
+        assert httpx_gets == [f"/ipfs/{missing}"]  # the fast path read the others
 
 
+@pytest.mark.kubo
 async def test_restarted_daemon_stale_connections_are_replaced(
     fresh_kubo_daemon: KuboDaemon, httpx_gets: list[str]
 ) -> None:
@@ -119,10 +79,10 @@ async def test_restarted_daemon_stale_connections_are_replaced(
         await anyio.to_thread.run_sync(fresh_kubo_daemon.start)
         assert await cas.load(cids[1]) == b"after restart"
         assert await cas.load(cids[0]) == b"before restart"
-        assert cas._fast_reads == 3
-        assert httpx_gets == []
+        assert httpx_gets == []  # all three on the fast path
 
 
+@pytest.mark.kubo
 @pytest.mark.usefixtures("no_resource_warnings")
 async def test_aclose_from_another_loop_closes_fast_connections(kubo_daemon: KuboDaemon) -> None:
     (cid,) = await store(kubo_daemon, [b"closed from elsewhere"])
@@ -150,6 +110,7 @@ async def test_aclose_from_another_loop_closes_fast_connections(kubo_daemon: Kub
     await cas.aclose()
 
 
+@pytest.mark.kubo
 @pytest.mark.usefixtures("no_resource_warnings")
 @pytest.mark.parametrize("backend", ["asyncio", "trio"])
 async def test_loop_ending_without_aclose_closes_fast_connections(
@@ -171,154 +132,34 @@ async def test_loop_ending_without_aclose_closes_fast_connections(
     await cas.aclose()
 
 
-# -- an in-process gateway for what Kubo will not do on demand ---------------------------
+# -- the response parsers: anyio streams (trio) and the asyncio protocol -------------------
 
 DATA = b"served by the fake gateway " * 10
-CID = make_link(RAW, DATA)
+ANSWERS = [
+    (plain(DATA), (DATA, True)),
+    (b"HTTP/1.1 200\r\ncontent-length: 3\r\n\r\nabc", (b"abc", True)),
+    (plain(DATA, "Connection: close"), (DATA, False)),
+    (plain(DATA, "Content-Encoding: identity"), (DATA, True)),
+    (plain(b""), (b"", True)),
+    (plain(DATA, f"Content-Length: {len(DATA)}"), None),  # twice
+    (plain(DATA, "Content-Encoding: gzip"), None),
+    (plain(DATA, "Content-Encoding: identity", "Content-Encoding: gzip"), None),
+    (plain(DATA, "Transfer-Encoding: chunked"), None),
+    (plain(DATA, "X-Folded: a", " b"), None),
+    (plain(DATA) + b"extra", None),
+    (b"HTTP/1.1 200 OK\r\nContent-Length: x1\r\n\r\n", None),
+    (b"HTTP/1.1 200 OK\r\n\r\n" + DATA, None),  # no length: read to the end, no
+    (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", None),
+    (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", None),
+    (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", None),
+]
 
 
-def plain(body: bytes, *extra: str) -> bytes:
-    head = "".join(f"{h}\r\n" for h in extra)
-    return f"HTTP/1.1 200 OK\r\nContent-Length: {len(body)}\r\n{head}\r\n".encode() + body
-
-
-class FakeGateway:
-    """Answers each request with ``respond(n)`` (n counts requests from 0); None: hang."""
-
-    def __init__(self, respond: Callable[[int], bytes | None]) -> None:
-        self.respond = respond
-        self.requests = 0
-        self.connections = 0
-        self.closed_by_client = 0
-        self.port = 0
-        self.heads: list[bytes] = []
-
-    async def handle(self, stream: Any) -> None:
-        self.connections += 1
-        async with stream:
-            buffer = b""
-            try:
-                while True:
-                    while b"\r\n\r\n" not in buffer:
-                        buffer += await stream.receive()
-                    head, buffer = buffer.split(b"\r\n\r\n", 1)
-                    self.heads.append(head)
-                    answer = self.respond(self.requests)
-                    self.requests += 1
-                    if answer is None:
-                        buffer += await stream.receive()  # hang until the client goes
-                        continue
-                    await stream.send(answer)
-                    if b"Connection: close" in answer:
-                        return
-            except (anyio.EndOfStream, anyio.BrokenResourceError):
-                self.closed_by_client += 1
-
-
-@pytest.fixture
-async def fake_gateway() -> AsyncIterator[Callable[[Callable[[int], bytes | None]], Any]]:
-    async def serve(listener: Any, gateway: FakeGateway) -> None:
-        async with listener:
-            await listener.serve(gateway.handle)
-
-    async with anyio.create_task_group() as tg:
-        servers: list[FakeGateway] = []
-
-        async def start(respond: Callable[[int], bytes | None]) -> FakeGateway:
-            gateway = FakeGateway(respond)
-            listener = await anyio.create_tcp_listener(local_host="127.0.0.1")
-            gateway.port = listener.extra(anyio.abc.SocketAttribute.local_port)
-            tg.start_soon(serve, listener, gateway)
-            servers.append(gateway)
-            return gateway
-
-        yield start
-        tg.cancel_scope.cancel()
-
-
-def fake_cas(gateway: FakeGateway, **kwargs: Any) -> KuboCAS:
-    kwargs.setdefault("initial_delay", 0.01)
-    return KuboCAS(
-        rpc_base_url="http://127.0.0.1:9",
-        gateway_base_url=f"http://127.0.0.1:{gateway.port}",
-        **kwargs,
-    )
-
-
-@pytest.mark.usefixtures("no_resource_warnings")
-async def test_cancelled_read_closes_its_connection(fake_gateway: Any) -> None:
-    gateway = await fake_gateway(lambda n: None if n == 1 else plain(DATA))
-    async with fake_cas(gateway) as cas:
-        assert await cas.load(CID) == DATA
-        with anyio.move_on_after(0.2) as scope:
-            await cas.load(CID)  # the gateway hangs on this one
-        assert scope.cancelled_caught
-        pool = pool_of(cas)
-        assert not pool._open  # closed, not returned to the pool
-        for _ in range(6000):  # bounded poll, 60 s: the close is seen by another task
-            if gateway.closed_by_client:
-                break
-            await anyio.sleep(0.01)
-        assert gateway.closed_by_client == 1
-        assert await cas.load(CID) == DATA  # a new connection
-        assert len(pool._open) == 1
-        assert cas._fast_reads == 2
-
-
-async def test_wrong_bytes_are_rejected(fake_gateway: Any) -> None:
-    gateway = await fake_gateway(lambda n: plain(DATA[:-1] + b"!"))
-    async with fake_cas(gateway) as cas:
-        with pytest.raises(BlockVerificationError):
-            await cas.load(CID)
-        assert cas._fast_reads == 1
-
-
-async def test_unusual_answers_go_through_httpx(fake_gateway: Any, httpx_gets: list[str]) -> None:
-    chunked = (
-        b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
-        + f"{len(DATA):x}\r\n".encode()
-        + DATA
-        + b"\r\n0\r\n\r\n"
-    )
-    answers = [
-        chunked,  # fast path: not plain, give up...
-        chunked,  # ...and httpx reads it
-        plain(DATA, "Content-Encoding: gzip"),
-        plain(DATA),
-        b"HTTP/1.0 200 OK\r\nContent-Length: %d\r\n\r\n" % len(DATA) + DATA,
-        plain(DATA),
-        plain(DATA, "Connection: close"),  # fine, but not kept
-        plain(DATA),
-    ]
-    gateway = await fake_gateway(lambda n: answers[n])
-    async with fake_cas(gateway) as cas:
-        for _ in range(4):
-            assert await cas.load(CID) == DATA
-        assert len(httpx_gets) == 3
-        assert cas._fast_reads == 1
-        assert not pool_of(cas)._open  # the last answer said Connection: close
-        assert await cas.load(CID) == DATA
-        assert cas._fast_reads == 2
-
-
-async def test_headers_are_sent_and_auth_disables_the_fast_path(fake_gateway: Any) -> None:
-    gateway = await fake_gateway(lambda n: plain(DATA))
-    async with fake_cas(gateway, headers={"Authorization": "Bearer t0ken"}) as cas:
-        assert await cas.load(CID) == DATA
-        assert cas._fast_reads == 1
-    head = gateway.heads[0]
-    assert head.startswith(f"GET /ipfs/{CID}?format=raw HTTP/1.1\r\n".encode())
-    assert f"Host: 127.0.0.1:{gateway.port}".encode() in head
-    assert b"Accept: application/vnd.ipld.raw" in head
-    assert b"Authorization: Bearer t0ken" in head
-    # httpx.Auth flows are httpx's business: such a gateway is read through httpx.
-    async with fake_cas(gateway, auth=("user", "pass")) as cas:
-        assert await cas.load(CID) == DATA
-        assert cas._fast_reads == 0
-    assert b"Authorization: Basic" in gateway.heads[-1]
-
-
-# -- the parts that need no server -------------------------------------------------------
+def pieces_of(answer: bytes) -> list[list[bytes]]:
+    """The answer whole, and split at every awkward place (inside the head's CRLFCRLF, in
+    the body)."""
+    cuts = (len(answer), 5, answer.find(b"\r\n\r\n") + 2, len(answer) - 1)
+    return [[answer[:c], answer[c:]] if 0 < c < len(answer) else [answer] for c in cuts]
 
 
 class Chunks:
@@ -337,40 +178,64 @@ class Chunks:
         return piece
 
 
-@pytest.mark.parametrize(
-    ("answer", "expected"),
-    [
-        (plain(DATA), (DATA, True)),
-        (b"HTTP/1.1 200\r\ncontent-length: 3\r\n\r\nabc", (b"abc", True)),
-        (plain(DATA, "Connection: close"), (DATA, False)),
-        (plain(DATA, "Content-Encoding: identity"), (DATA, True)),
-        (plain(b""), (b"", True)),
-        (plain(DATA, f"Content-Length: {len(DATA)}"), None),  # twice
-        (plain(DATA, "Content-Encoding: gzip"), None),
-        (plain(DATA, "Content-Encoding: identity", "Content-Encoding: gzip"), None),
-        (plain(DATA, "Transfer-Encoding: chunked"), None),
-        (plain(DATA, "X-Folded: a", " b"), None),
-        (plain(DATA) + b"extra", None),
-        (b"HTTP/1.1 200 OK\r\nContent-Length: x1\r\n\r\n", None),
-        (b"HTTP/1.1 200 OK\r\n\r\n" + DATA, None),  # no length: read to the end, no
-        (b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\n\r\n", None),
-        (b"HTTP/1.1 2000 OK\r\nContent-Length: 0\r\n\r\n", None),
-        (b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n", None),
-    ],
-)
+@pytest.mark.parametrize(("answer", "expected"), ANSWERS)
 async def test_only_plain_answers_pass(answer: bytes, expected: Any) -> None:
-    from anyhamt.cas._http import FastPool
-
-    # Whole, and split at every awkward place (inside the head's CRLFCRLF, in the body).
-    for cut in (len(answer), 5, answer.find(b"\r\n\r\n") + 2, len(answer) - 1):
-        stream = Chunks(answer[:cut], answer[cut:]) if 0 < cut < len(answer) else Chunks(answer)
+    for pieces in pieces_of(answer):
+        stream = Chunks(*pieces)
         first = await stream.receive()
         assert await FastPool._response(stream, first) == expected  # type: ignore[arg-type]
 
 
-async def test_truncated_body_is_an_error() -> None:
-    from anyhamt.cas._http import FastPool
+class Transport:
+    """What ``_ProtocolConnection`` needs of an asyncio transport."""
 
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.aborted = False
+
+    def write(self, data: bytes) -> None:
+        self.written.append(data)
+
+    def is_closing(self) -> bool:
+        return self.aborted
+
+    def abort(self) -> None:
+        self.aborted = True
+
+
+async def exchange(pieces: list[bytes], end: bool = False) -> Any:
+    """Feed ``pieces`` to a protocol connection (then end of stream), as the loop would."""
+    connection = _ProtocolConnection()
+    connection.connection_made(Transport())  # type: ignore[arg-type]
+    loop = asyncio.get_running_loop()
+    for piece in pieces:
+        loop.call_soon(connection.data_received, piece)
+    if end:
+        loop.call_soon(connection.connection_lost, None)
+    return await connection.exchange(b"GET / HTTP/1.1\r\n\r\n", None)
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the protocol is asyncio's own
+@pytest.mark.parametrize(("answer", "expected"), ANSWERS)
+async def test_the_asyncio_protocol_passes_the_same_answers(answer: bytes, expected: Any) -> None:
+    for pieces in pieces_of(answer):
+        assert await exchange(pieces) == expected
+
+
+@pytest.mark.parametrize("anyio_backend", ["asyncio"])  # the protocol is asyncio's own
+async def test_the_asyncio_protocol_on_a_closed_connection() -> None:
+    from anyhamt.cas._http import _Stale
+
+    # Cut off mid-body: not an answer (the caller asks httpx).
+    assert await exchange([plain(DATA)[:-5]], end=True) is None
+    # Closed before any byte: stale (the caller retries once on a new connection).
+    with pytest.raises(_Stale):
+        await exchange([], end=True)
+    # A head longer than any gateway sends: given up on without waiting for its end.
+    assert await exchange([b"HTTP/1.1 200 OK\r\n" + b"X: y\r\n" * 20_000]) is None
+
+
+async def test_truncated_body_is_an_error() -> None:
     stream = Chunks(plain(DATA)[:-5])
     with pytest.raises(anyio.EndOfStream):
         await FastPool._response(stream, await stream.receive())  # type: ignore[arg-type]
@@ -381,7 +246,7 @@ def test_block_put_lines_are_checked_exactly() -> None:
     import json
 
     from anyhamt._codec import DAG_CBOR, Link
-    from anyhamt.cas._kubo import _confirms
+    from anyhamt.cas._kubo._uploads import confirms as _confirms
 
     for codec in (RAW, DAG_CBOR):
         for i in range(200):

@@ -2,6 +2,10 @@
 
 The real daemon cannot produce a 503 with Retry-After, a timeout, a truncated or corrupted
 body or a malformed 206 on demand; those tests use ``httpx.MockTransport`` and say so.
+An injected transport switches the raw-socket fast path off, so these cover the httpx
+path of a store built with ``transport=``; the same faults on the default read path,
+from scripted servers on 127.0.0.1, are in test_kubo_fake_gateway.py. Only the tests that
+use a daemon carry the ``kubo`` mark.
 """
 
 from __future__ import annotations
@@ -26,7 +30,9 @@ from anyhamt import (
     LocalCAS,
 )
 from anyhamt._codec import RAW, make_link
-from anyhamt.cas._kubo import _retry_after
+from anyhamt.cas._kubo._requests import retry_after as _retry_after
+
+from ._helpers import cas_for
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable
@@ -34,7 +40,6 @@ if TYPE_CHECKING:
 
     from ._daemon import KuboDaemon
 
-pytestmark = pytest.mark.kubo
 
 GATEWAY = "http://gw.test"
 OTHER_GATEWAY = "http://other-gw.test"
@@ -52,6 +57,7 @@ def mock_cas(handler: Callable[[httpx.Request], Any], **kwargs: Any) -> KuboCAS:
 # -- the real daemon dies during a flush ------------------------------------------------
 
 
+@pytest.mark.kubo
 async def test_daemon_stopped_during_flush_then_restarted(
     fresh_kubo_daemon: KuboDaemon, tmp_path: Path
 ) -> None:
@@ -78,9 +84,8 @@ async def test_daemon_stopped_during_flush_then_restarted(
     def factory() -> httpx.AsyncClient:
         return httpx.AsyncClient(event_hooks={"response": [kill_after_some_puts]})
 
-    cas = KuboCAS(
-        rpc_base_url=daemon.rpc_url,
-        gateway_base_url=daemon.gateway_url,
+    cas = cas_for(
+        daemon,
         client_factory=factory,
         batch_blocks=200,
         max_retries=1,
@@ -103,9 +108,7 @@ async def test_daemon_stopped_during_flush_then_restarted(
         stored = [make_link(RAW, v) for v in contents.values()]
         confirmed = [link for link in stored if link not in cas._pending]
         assert confirmed
-        async with KuboCAS(
-            rpc_base_url=daemon.rpc_url, gateway_base_url=daemon.gateway_url
-        ) as checker:
+        async with cas_for(daemon) as checker:
             for link in confirmed[::50]:
                 assert await checker._load_id(link)
 
@@ -113,7 +116,7 @@ async def test_daemon_stopped_during_flush_then_restarted(
         assert hamt.root_node_id == reference.root_node_id
         assert not cas._pending
 
-    async with KuboCAS(rpc_base_url=daemon.rpc_url, gateway_base_url=daemon.gateway_url) as cas2:
+    async with cas_for(daemon) as cas2:
         again = await HAMT.build(
             cas=cas2, root_node_id=reference.root_node_id, values_are_bytes=True, read_only=True
         )
@@ -122,12 +125,12 @@ async def test_daemon_stopped_during_flush_then_restarted(
         assert await again.len() == len(contents)
 
 
+@pytest.mark.kubo
 async def test_block_failing_mid_batch_is_not_reported_written(kubo_daemon: KuboDaemon) -> None:
     """Kubo answers 200 with fewer lines when a block in the middle fails (over 2 MiB)."""
     big = os.urandom(3 * 2**20)
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url,
-        gateway_base_url=kubo_daemon.gateway_url,
+    async with cas_for(
+        kubo_daemon,
         chunker="size-4194304",  # so the 3 MiB value is one (too big) block
     ) as cas:
         small_before, small_after = os.urandom(10), os.urandom(10)
@@ -136,9 +139,7 @@ async def test_block_failing_mid_batch_is_not_reported_written(kubo_daemon: Kubo
             await cas.flush()
         assert links[0] not in cas._pending
         assert links[1] in cas._pending and links[2] in cas._pending
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as reader:
+    async with cas_for(kubo_daemon) as reader:
         assert await reader._load_id(links[0]) == small_before
         with pytest.raises(BlockNotFoundError):
             await reader._load_id(links[2])
@@ -166,7 +167,7 @@ async def test_503_retry_after_is_honoured() -> None:
 
     async with mock_cas(handler) as cas:
         # Both waits must come from Retry-After, never from the backoff schedule.
-        cas._backoff = _no_backoff  # type: ignore[method-assign]
+        cas._http.backoff = _no_backoff  # type: ignore[method-assign]
         assert await cas._load_id(CID) == DATA
     assert len(attempts) == 3
     # A lower bound only: a loaded machine makes sleeps longer, never shorter.
@@ -187,7 +188,7 @@ async def test_retry_after_is_capped() -> None:
     assert _retry_after(httpx.Response(429, headers={"Retry-After": "100000"}), 0.1) == 0.1
     # Uncapped, this read would sleep for a day and the per-test timeout would fail it.
     async with mock_cas(handler, max_retry_after=0.1) as cas:
-        cas._backoff = _no_backoff  # type: ignore[method-assign]
+        cas._http.backoff = _no_backoff  # type: ignore[method-assign]
         assert await cas._load_id(CID) == DATA
     assert calls == 2
 
@@ -221,13 +222,13 @@ async def test_5xx_backoff_grows() -> None:
 
     async with mock_cas(handler, max_retries=3, initial_delay=0.05, backoff_factor=3) as cas:
         scheduled: list[float] = []
-        backoff = cas._backoff
+        backoff = cas._http.backoff
 
         def recording_backoff(attempt: int) -> float:
             scheduled.append(backoff(attempt))
             return scheduled[-1]
 
-        cas._backoff = recording_backoff  # type: ignore[method-assign]
+        cas._http.backoff = recording_backoff  # type: ignore[method-assign]
         with pytest.raises(KuboError) as info:
             await cas._load_id(CID)
     assert info.value.status_code == 502

@@ -10,7 +10,6 @@ import asyncio
 import contextvars
 import gc
 import threading
-import warnings
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -19,16 +18,14 @@ import pytest
 
 from anyhamt import HAMT, KuboCAS
 
+from ._helpers import cas_for, run_in_thread
+
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable, Coroutine, Iterator
+    from collections.abc import Callable, Coroutine
 
     from ._daemon import KuboDaemon
 
 pytestmark = pytest.mark.kubo
-
-
-def cas_for(daemon: KuboDaemon, **kwargs: Any) -> KuboCAS:
-    return KuboCAS(rpc_base_url=daemon.rpc_url, gateway_base_url=daemon.gateway_url, **kwargs)
 
 
 async def write_and_read(cas: KuboCAS, prefix: str, n: int = 150) -> Any:
@@ -42,34 +39,6 @@ async def write_and_read(cas: KuboCAS, prefix: str, n: int = 150) -> Any:
     for i in range(0, n, 3):
         assert await reader.get(f"{prefix}{i}") == f"{prefix}-value-{i}".encode()
     return hamt.root_node_id
-
-
-def run_in_thread(
-    backend: str, fn: Callable[[], Awaitable[Any]]
-) -> tuple[threading.Thread, list[Any]]:
-    """Run ``fn`` with ``anyio.run`` on a new thread; the result or error lands in the list."""
-    outcome: list[Any] = []
-
-    def main() -> None:
-        try:
-            outcome.append(anyio.run(fn, backend=backend))
-        except BaseException as exc:  # reported by the test
-            outcome.append(exc)
-
-    # A fresh context: the thread must not inherit the test loop's sniffio state.
-    thread = threading.Thread(target=contextvars.Context().run, args=(main,), daemon=True)
-    thread.start()
-    return thread, outcome
-
-
-@pytest.fixture
-def no_resource_warnings() -> Iterator[None]:
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        yield
-        gc.collect()
-    leaks = [w for w in caught if issubclass(w.category, ResourceWarning)]
-    assert not leaks, [str(w.message) for w in leaks]
 
 
 @pytest.mark.usefixtures("no_resource_warnings")
@@ -97,10 +66,11 @@ async def test_two_loops_in_two_threads_share_one_store(kubo_daemon: KuboDaemon)
     # The threads' loops have finished; each closed its own client on the way out.
     clients = {key: state.client for key, state in cas._loops.items()}
     assert len(clients) == 3
+    assert all(c is not None for c in clients.values())  # each loop wrote through httpx
     here = anyio.lowlevel.current_token().native_token
-    assert all(c.is_closed for key, c in clients.items() if key is not here)
+    assert all(c is not None and c.is_closed for key, c in clients.items() if key is not here)
     await cas.aclose()
-    assert all(c.is_closed for c in clients.values())
+    assert all(c is not None and c.is_closed for c in clients.values())
 
 
 class LoopThread:
@@ -152,6 +122,7 @@ async def test_zarr_style_loop_and_application_loop_concurrently(kubo_daemon: Ku
             tg.start_soon(on_app_loop)
         assert roots["io"] != roots["app"]
         io_client = next(s.client for k, s in cas._loops.items() if k is io_loop.loop)
+        assert io_client is not None  # it wrote, through httpx
         assert not io_client.is_closed
         # aclose on this loop closes the I/O loop's client on the I/O loop, which is alive.
         await cas.aclose()
@@ -174,7 +145,10 @@ async def test_dropped_store_closes_its_clients(kubo_daemon: KuboDaemon) -> None
     cas = cas_for(kubo_daemon)
     assert await cas.load(cid) == b"something"  # through a fast-path connection
     state = next(iter(cas._loops.values()))
-    client, pool = state.client, state.fast
+    assert state.client is None  # fast-path reads build no httpx client...
+    await cas.save(b"something else", "raw")
+    client, pool = state.client, state.fast  # ...a write does
+    assert client is not None
     assert pool._open
     del cas, state
     gc.collect()

@@ -21,6 +21,8 @@ from anyhamt._codec import DAG_PB, RAW, Link, make_link
 from anyhamt.cas._base import slice_block
 from anyhamt.cas._unixfs import build_file, decode_pb_node, decode_unixfs_data
 
+from ._helpers import cas_for
+
 if TYPE_CHECKING:
     from ._daemon import KuboDaemon
 
@@ -60,9 +62,8 @@ class Recorder(httpx.AsyncBaseTransport):
 
 
 def reader(daemon: KuboDaemon, recorder: Recorder, **kwargs: Any) -> KuboCAS:
-    return KuboCAS(
-        rpc_base_url=daemon.rpc_url,
-        gateway_base_url=daemon.gateway_url,
+    return cas_for(
+        daemon,
         transport=recorder,
         **kwargs,
     )
@@ -90,9 +91,7 @@ async def file_blocks(daemon: KuboDaemon, root: Link, hasher: str) -> dict[Link,
             for child, _ in decode_pb_node(blocks[link]).links:
                 await walk(child)
 
-    async with KuboCAS(
-        rpc_base_url=daemon.rpc_url, gateway_base_url=daemon.gateway_url, hasher=hasher
-    ) as cas:
+    async with cas_for(daemon, hasher=hasher) as cas:
         await walk(root)
     return blocks
 
@@ -194,9 +193,7 @@ def grid(edges: list[int], size: int, step: int) -> list[tuple[int | None, int |
 
 async def test_ranges_of_a_big_value_saved_through_kubocas(kubo_daemon: KuboDaemon) -> None:
     data = random.Random(11).randbytes(3 * MiB + 12345)
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as cas:
+    async with cas_for(kubo_daemon) as cas:
         root = Link(bytes(await cas.save(data, "raw")))
     # The layout is Kubo's own: `ipfs add` gives the same root.
     assert (
@@ -242,9 +239,8 @@ async def test_ranges_of_other_layouts(kubo_daemon: KuboDaemon, layout: str) -> 
     rng = random.Random(layout)
     if layout == "kubocas-size-1024":
         data = rng.randbytes(2 * 174 * 1024 + 3000)
-        async with KuboCAS(
-            rpc_base_url=kubo_daemon.rpc_url,
-            gateway_base_url=kubo_daemon.gateway_url,
+        async with cas_for(
+            kubo_daemon,
             chunker="size-1024",
         ) as cas:
             root = Link(bytes(await cas.save(data, "raw")))
@@ -285,9 +281,7 @@ async def test_a_corrupt_block_in_range_fails_and_one_out_of_range_is_not_reques
     kubo_daemon: KuboDaemon,
 ) -> None:
     data = random.Random(5).randbytes(3 * MiB)
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as cas:
+    async with cas_for(kubo_daemon) as cas:
         root = Link(bytes(await cas.save(data, "raw")))
     _, built = build_file(data, MiB, make_link)
     second_leaf = str([link for link, codec, _ in built if codec == RAW][1])
@@ -308,9 +302,7 @@ async def test_a_corrupt_block_in_range_fails_and_one_out_of_range_is_not_reques
 async def test_size_without_fetching_the_value(kubo_daemon: KuboDaemon) -> None:
     big = os.urandom(2 * MiB + 1)
     small = os.urandom(5000)
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as cas:
+    async with cas_for(kubo_daemon) as cas:
         big_root = Link(bytes(await cas.save(big, "raw")))
         small_link = Link(bytes(await cas.save(small, "raw")))
         node_link = Link(bytes(await cas.save(b"\x80", "dag-cbor")))

@@ -35,6 +35,8 @@ from _zarr_datasets import (
 
 from anyhamt import HAMT, KuboCAS
 
+from ._helpers import cas_for
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
     from pathlib import Path
@@ -54,9 +56,7 @@ STORES = [
 @pytest.fixture
 async def reader_cas(kubo_daemon: KuboDaemon) -> AsyncIterator[KuboCAS]:
     """A second client: reads go to the gateway cold, nothing shared with the writer."""
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as cas:
+    async with cas_for(kubo_daemon) as cas:
         yield cas
 
 
@@ -126,9 +126,10 @@ def written_by_pyhamt(
 ) -> dict[tuple[bool, bool], dict[str, Any]]:
     """py-hamt's writes to the daemon, once per module, with its own description."""
     directory = tmp_path_factory.mktemp("pyhamt-kubo-zarr")
-    out = {}
+    out: dict[tuple[bool, bool], dict[str, Any]] = {}
     for param in VARIANTS:
         encrypted, consolidated = param.values
+        assert isinstance(encrypted, bool) and isinstance(consolidated, bool)
         spec = {"mode": "write", "encrypted": encrypted, "consolidated": consolidated}
         written = run_pyhamt_spec(directory, kubo_daemon, spec)
         read_spec = {**spec, "mode": "read", "root": written["root"]}

@@ -21,8 +21,12 @@ from zarr.testing.store import StoreTests
 from anyhamt import HAMT, KuboCAS, LoopBlockedError
 from anyhamt.zarr import SimpleEncryptedZarrHAMTStore, ZarrHAMTStore
 
+from ._helpers import cas_for
+
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator
+
+    from zarr.core.buffer import Buffer
 
     from ._daemon import KuboDaemon
 
@@ -44,7 +48,7 @@ class TestZarrHAMTStoreOnKubo(StoreTests[ZarrHAMTStore, cpu.Buffer]):
     async def store_kwargs(self, kubo_cas: KuboCAS) -> AsyncIterator[dict[str, Any]]:
         yield {"hamt": HAMT(kubo_cas, values_are_bytes=True), "read_only": False}
 
-    async def set(self, store: ZarrHAMTStore, key: str, value: cpu.Buffer) -> None:
+    async def set(self, store: ZarrHAMTStore, key: str, value: Buffer) -> None:
         await store.hamt.set(key, value.to_bytes())
 
     async def get(self, store: ZarrHAMTStore, key: str) -> cpu.Buffer:
@@ -134,9 +138,7 @@ async def test_direct_call_with_the_lock_held_on_this_loop_fails_fast(kubo_cas: 
 
 async def test_one_store_from_two_loops_at_once(kubo_daemon: KuboDaemon) -> None:
     """A read-only store used by this loop and, at the same time, by zarr's thread."""
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as cas:
+    async with cas_for(kubo_daemon) as cas:
         ds = dataset(False)
         hamt = await HAMT.build(cas=cas, values_are_bytes=True)
         await anyio.to_thread.run_sync(write, ds, ZarrHAMTStore(hamt))
@@ -158,10 +160,10 @@ def dask_client() -> Any:
     """Two worker processes: the store reaches them only through pickle."""
     with (
         dask.config.set({"distributed.worker.daemon": False}),
-        distributed.LocalCluster(
+        distributed.LocalCluster(  # type: ignore[no-untyped-call]
             n_workers=2, threads_per_worker=2, processes=True, dashboard_address=":0"
         ) as cluster,
-        distributed.Client(cluster) as client,
+        distributed.Client(cluster) as client,  # type: ignore[no-untyped-call]
     ):
         yield client
 
@@ -170,9 +172,8 @@ async def test_dask_workers_read_a_read_only_store(
     dask_client: Any, kubo_daemon: KuboDaemon
 ) -> None:
     # Credentials travel only when configured; these are harmless, and must arrive.
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url,
-        gateway_base_url=kubo_daemon.gateway_url,
+    async with cas_for(
+        kubo_daemon,
         headers={"X-Anyhamt-Test": "1"},
     ) as cas:
         ds = dataset(False)
@@ -188,7 +189,7 @@ async def test_dask_workers_read_a_read_only_store(
             lazy = xr.open_zarr(store=store)
             futures = dask_client.compute({n: lazy[n].sum() for n in lazy.data_vars})
             # A hang guard, not a performance bound: should the workers die, fail.
-            distributed.wait(futures, timeout=600)
+            distributed.wait(futures, timeout=600)  # type: ignore[no-untyped-call]
             totals = dask_client.gather(futures)
             return {name: float(total) for name, total in totals.items()}
 

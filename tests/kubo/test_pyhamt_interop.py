@@ -17,6 +17,8 @@ from _pyhamt import require_pyhamt, run_pyhamt
 
 from anyhamt import HAMT, KuboCAS
 
+from ._helpers import cas_for
+
 if TYPE_CHECKING:
     from ._daemon import KuboDaemon
 
@@ -92,9 +94,7 @@ async def test_pyhamt_writes_anyhamt_reads(kubo_daemon: KuboDaemon, kubo_cas: Ku
     out = await anyio.to_thread.run_sync(lambda: run_pyhamt(PYHAMT_SCRIPT, *args))
     root = json.loads(out)["root"]
     # anyhamt reads every key of py-hamt's map, dag-pb value included (verified).
-    async with KuboCAS(
-        rpc_base_url=kubo_daemon.rpc_url, gateway_base_url=kubo_daemon.gateway_url
-    ) as reader:
+    async with cas_for(kubo_daemon) as reader:
         hamt = await HAMT.build(
             cas=reader, root_node_id=root, values_are_bytes=True, read_only=True
         )
