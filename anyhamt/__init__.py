@@ -44,12 +44,23 @@ from .cas import export_car as export_car
 from .cas import import_car as import_car
 
 if typing.TYPE_CHECKING:
+    from .zarr import ShardedZarrStore as ShardedZarrStore
     from .zarr import SimpleEncryptedZarrHAMTStore as SimpleEncryptedZarrHAMTStore
     from .zarr import ZarrHAMTStore as ZarrHAMTStore
+    from .zarr import convert_hamt_to_sharded as convert_hamt_to_sharded
+    from .zarr import sharded_converter_cli as sharded_converter_cli
 
 __version__ = "0.1.0"
 
-_ZARR_NAMES = frozenset({"SimpleEncryptedZarrHAMTStore", "ZarrHAMTStore"})
+_ZARR_NAMES = frozenset(
+    {
+        "ShardedZarrStore",
+        "SimpleEncryptedZarrHAMTStore",
+        "ZarrHAMTStore",
+        "convert_hamt_to_sharded",
+        "sharded_converter_cli",
+    }
+)
 
 
 def __getattr__(name: str) -> object:
@@ -99,6 +110,7 @@ __all__ = [
     "LocalCAS",
     "LoopBlockedError",
     "ReadOnlyError",
+    "ShardedZarrStore",
     "SimpleEncryptedZarrHAMTStore",
     "StoreClosedError",
     "StoreError",
@@ -106,6 +118,8 @@ __all__ = [
     "StoreReadOnlyError",
     "ZarrHAMTStore",
     "blake3_hashfn",
+    "convert_hamt_to_sharded",
     "export_car",
     "import_car",
+    "sharded_converter_cli",
 ]

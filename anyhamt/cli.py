@@ -11,9 +11,14 @@ reads and writes dag-cbor values as DAG-JSON.
     anyhamt ls ROOT                         the keys, one per line
     anyhamt car export ROOT -o FILE         the DAG under ROOT as a CARv1
     anyhamt car import FILE                 prints the CAR's roots
+    anyhamt info ROOT [--json]              keys, depth, nodes and bytes of a map
+    anyhamt zarr info ROOT [--json]         a Zarr dataset's layout, arrays and chunks
+    anyhamt zarr convert ROOT [--chunks-per-shard N]   prints the sharded copy's root
 
-Read commands (``get``, ``ls``, ``car export``) never create a store: a local store that
-does not exist is an error, and the file is opened read-only.
+Read commands (``get``, ``ls``, ``car export``, ``info``, ``zarr info``) never create a
+store: a local store that does not exist is an error, and the file is opened read-only.
+``zarr convert`` needs an existing store too (its source is there) and writes to it.
+Long work shows a progress bar on stderr when stderr is a terminal (``--quiet``: none).
 """
 
 from __future__ import annotations
@@ -46,6 +51,7 @@ from ._errors import (
     StoreError,
 )
 from ._hamt import HAMT
+from ._info import HamtInfo, ZarrInfo, hamt_info, zarr_info
 from .cas._car import export_car, import_car
 from .cas._kubo import KuboCAS
 from .cas._local import LocalCAS, default_store_path
@@ -73,9 +79,10 @@ def _store_path(args: argparse.Namespace) -> Path:
 
 
 async def _open_store(
-    args: argparse.Namespace, *, reads: bool, writes: bool
+    args: argparse.Namespace, *, reads: bool, writes: bool, create: bool = True
 ) -> ContentAddressedStore:
-    """The store the command names. ``reads``/``writes``: what the command will do with it."""
+    """The store the command names. ``reads``/``writes``: what the command will do with it;
+    ``create``: whether a writing command may create a local store that is not there."""
     if args.kubo:
         cas = KuboCAS(rpc_base_url=args.kubo, gateway_base_url=args.gateway or None)
         # KuboCAS retries refused connections for several seconds, which is right for a
@@ -85,7 +92,7 @@ async def _open_store(
             await _probe_gateway(cas.gateway_base_url)
         return cas
     path = _store_path(args)
-    if writes:
+    if writes and create:
         return LocalCAS(path)
     # A mistyped --store must not leave an empty database (and its directories) behind.
     if not await anyio.Path(path).is_file():
@@ -93,7 +100,7 @@ async def _open_store(
         raise StoreError(
             f"no store at {path}; check {where}, or create one with `anyhamt put KEY VALUE`"
         )
-    return LocalCAS(path, read_only=True)
+    return LocalCAS(path, read_only=not writes)
 
 
 def _refused(exc: BaseException) -> bool:
@@ -302,6 +309,243 @@ async def _car_import(args: argparse.Namespace) -> None:
         print(root)
 
 
+# -- info and zarr -------------------------------------------------------------------------
+
+
+class _ProgressBars:
+    """One tqdm bar per stage of long work, on stderr, only when stderr is a terminal (a
+    bar in a log file or a pipe is noise) and not ``--quiet``."""
+
+    def __init__(self, quiet: bool) -> None:
+        self._enabled = not quiet and sys.stderr.isatty()
+        self._stage: str | None = None
+        self._bar: Any = None
+
+    def __call__(self, stage: str, done: int, total: int | None) -> None:
+        if not self._enabled:
+            return
+        if stage != self._stage:
+            self.close()
+            from tqdm import tqdm  # type: ignore[import-untyped]  # no type information
+
+            self._stage = stage
+            # A terminal that reports no size (some pseudo-terminals) would get an empty bar.
+            sized = min(_stderr_size()) > 0
+            # leave=False: the bars go when the work is done; the result is on stdout.
+            self._bar = tqdm(
+                desc=stage,
+                total=total,
+                file=sys.stderr,
+                leave=False,
+                dynamic_ncols=sized,
+                ncols=None if sized else 80,
+                nrows=None if sized else 24,
+            )
+        bar = self._bar
+        if total != bar.total:
+            bar.total = total
+        bar.update(done - bar.n)
+
+    def close(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+            self._stage = None
+
+
+def _stderr_size() -> tuple[int, int]:
+    try:
+        columns, lines = os.get_terminal_size(sys.stderr.fileno())
+    except (OSError, ValueError):
+        return 0, 0
+    return columns, lines
+
+
+def _hamt_info_json(info: HamtInfo) -> dict[str, Any]:
+    return {
+        "root": _to_dag_json(info.root),
+        "keys": info.keys,
+        "depth": info.depth,
+        "nodes": info.nodes,
+        "node_bytes": info.node_bytes,
+        "values": info.values,
+        "value_bytes": info.value_bytes,
+        "stored_bytes": info.stored_bytes,
+    }
+
+
+def _zarr_info_json(info: ZarrInfo) -> dict[str, Any]:
+    layout: dict[str, Any]
+    if info.layout == "hamt":
+        layout = {"keys": info.keys, "depth": info.depth, "nodes": info.nodes}
+    else:
+        layout = {
+            "chunks_per_shard": info.chunks_per_shard,
+            "shards": info.shards,
+            "shards_present": info.shards_present,
+        }
+    return {
+        "root": _to_dag_json(info.root),
+        "layout": info.layout,
+        **layout,
+        "groups": info.groups,
+        "arrays": [
+            {
+                "path": array.path,
+                "zarr_format": array.zarr_format,
+                "shape": array.shape,
+                "chunks": array.chunks,
+                "dtype": array.dtype,
+                "codecs": array.codecs,
+                "sharded": array.sharded,
+                "chunks_total": array.chunks_total,
+                "chunks_present": array.chunks_present,
+                "chunks_missing": array.chunks_missing,
+                "chunk_bytes": array.chunk_bytes,
+            }
+            for array in info.arrays
+        ],
+        "other_keys": info.other_keys,
+        "other_bytes": info.other_bytes,
+        "metadata_bytes": info.metadata_bytes,
+        "chunk_bytes": info.chunk_bytes,
+        "index_bytes": info.index_bytes,
+        "stored_bytes": info.stored_bytes,
+    }
+
+
+def _dims(values: list[int] | None) -> str:
+    if values is None:
+        return "?"
+    return "x".join(map(str, values)) if values else "()"
+
+
+def _print_table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(name) for name, _ in rows)
+    for name, value in rows:
+        print(f"{name:<{width}}  {value}".rstrip())
+
+
+async def _info(args: argparse.Namespace) -> None:
+    bars = _ProgressBars(args.quiet)
+    async with await _open_store(args, reads=True, writes=False) as cas:
+        try:
+            info = await hamt_info(cas, _root_id(args.root), progress=bars)
+        finally:
+            bars.close()
+    if args.json:
+        print(json.dumps(_hamt_info_json(info)))
+        return
+    _print_table(
+        [
+            ("root", str(info.root)),
+            ("keys", f"{info.keys:,}"),
+            ("depth", f"{info.depth} (levels of nodes)"),
+            ("nodes", f"{info.nodes:,} ({info.node_bytes:,} bytes)"),
+            ("values", f"{info.values:,} distinct blocks ({info.value_bytes:,} bytes)"),
+            ("stored", f"{info.stored_bytes:,} bytes"),
+        ]
+    )
+
+
+async def _zarr_info(args: argparse.Namespace) -> None:
+    bars = _ProgressBars(args.quiet)
+    async with await _open_store(args, reads=True, writes=False) as cas:
+        try:
+            info = await zarr_info(cas, _root_id(args.root), progress=bars)
+        finally:
+            bars.close()
+    if args.json:
+        print(json.dumps(_zarr_info_json(info)))
+        return
+    if info.layout == "hamt":
+        layout = f"HAMT ({info.keys:,} keys, depth {info.depth}, {info.nodes:,} nodes)"
+        index = "HAMT nodes"
+    else:
+        layout = (
+            f"{info.layout} ({info.chunks_per_shard} chunks per shard, "
+            f"{info.shards_present:,} of {info.shards:,} shards stored)"
+        )
+        index = "root and shards"
+    rows = [
+        ("root", str(info.root)),
+        ("layout", layout),
+        (
+            "stored",
+            f"{info.stored_bytes:,} bytes (metadata {info.metadata_bytes:,}, chunks "
+            f"{info.chunk_bytes:,}, {index} {info.index_bytes:,}"
+            + (f", other keys {info.other_bytes:,})" if info.other_keys else ")"),
+        ),
+        ("groups", ", ".join(path or "/" for path in info.groups) or "none"),
+        ("arrays", str(len(info.arrays))),
+    ]
+    for array in info.arrays:
+        missing = "?" if array.chunks_missing is None else f"{array.chunks_missing:,}"
+        total = "?" if array.chunks_total is None else f"{array.chunks_total:,}"
+        rows.append(
+            (
+                f"  {array.path or '/'}",
+                f"{array.dtype or '?'}, shape {_dims(array.shape)}, chunks "
+                f"{_dims(array.chunks)}, codecs {', '.join(array.codecs) or 'none'}",
+            )
+        )
+        rows.append(
+            (
+                "",
+                f"chunks {array.chunks_present:,} of {total} stored, {missing} missing, "
+                f"{array.chunk_bytes:,} bytes" + (" (sharded)" if array.sharded else ""),
+            )
+        )
+    if info.other_keys:
+        rows.append(("other keys", f"{', '.join(info.other_keys)} ({info.other_bytes:,} bytes)"))
+    _print_table(rows)
+
+
+async def _zarr_convert(args: argparse.Namespace) -> None:
+    from .zarr._convert import convert_hamt_to_sharded
+
+    chunks_per_shard = _chunks_per_shard(args.chunks_per_shard)
+    bars = _ProgressBars(args.quiet)
+    # The source must be in the store: a missing local store is an error, not a new one.
+    async with await _open_store(args, reads=True, writes=True, create=False) as cas:
+        try:
+            root = await convert_hamt_to_sharded(
+                cas,
+                _root_id(args.root),
+                chunks_per_shard,
+                manifest_version=args.manifest_version,
+                progress=bars,
+            )
+        finally:
+            bars.close()
+    print(root)
+
+
+def _root_id(text: str) -> Any:
+    """ROOT as typed: CID text, parsed here so a typo is an error naming ROOT."""
+    from ._codec import as_link
+
+    try:
+        return as_link(text)
+    except InvalidIdError as exc:
+        raise InvalidIdError(f"ROOT {text!r} is not a CID ({exc})") from None
+
+
+def _chunks_per_shard(text: str) -> int:
+    """--chunks-per-shard as given: checked here, so a bad N is a one-line error like every
+    other failure of the command."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise InvalidConfigError(
+            f"--chunks-per-shard must be a positive integer, got {text!r} (py-hamt's "
+            "default is 6250; a shard holds N chunk ids)"
+        )
+    return value
+
+
 # -- command line -------------------------------------------------------------------------
 
 _EXAMPLES: Final = """\
@@ -310,6 +554,8 @@ examples:
   ROOT=$(anyhamt put other world --root "$ROOT")
   anyhamt get "$ROOT" greeting              hello
   anyhamt put greeting hello --kubo http://127.0.0.1:5001   the same map on IPFS
+  anyhamt info "$ROOT"                      keys, depth, nodes, bytes
+  anyhamt zarr convert "$DATASET" --chunks-per-shard 1024   prints the sharded root
 """
 
 
@@ -411,6 +657,74 @@ def _parser() -> argparse.ArgumentParser:
     imp = car_commands.add_parser("import", parents=[stores], help="store a CAR's blocks")
     imp.add_argument("file", metavar="FILE", help="the CAR file (v1 or v2) to read")
     imp.set_defaults(run=_car_import)
+
+    quiet = argparse.ArgumentParser(add_help=False)
+    quiet.add_argument(
+        "-q",
+        "--quiet",
+        action="store_true",
+        help="no progress bar (default: a bar on stderr while it is a terminal)",
+    )
+    as_json = argparse.ArgumentParser(add_help=False)
+    as_json.add_argument(
+        "--json",
+        action="store_true",
+        help='print one JSON object instead of a table (CIDs as DAG-JSON links {"/": CID})',
+    )
+
+    info = commands.add_parser(
+        "info",
+        parents=[stores, quiet, as_json],
+        help="keys, depth, nodes and stored bytes of the map ROOT",
+        description="Describe the HAMT map ROOT: its keys, depth (levels of nodes), nodes, "
+        "and stored bytes (nodes plus each distinct value block once). Reads every node "
+        "and asks the store for the size of every value.",
+    )
+    info.add_argument("root", metavar="ROOT", help="the map's root CID")
+    info.set_defaults(run=_info)
+
+    zarr = commands.add_parser(
+        "zarr", help="Zarr datasets: describe one, or convert a HAMT one to the sharded layout"
+    )
+    zarr_commands = zarr.add_subparsers(
+        dest="zarr_command", required=True, metavar="COMMAND", help="info or convert"
+    )
+    zinfo = zarr_commands.add_parser(
+        "info",
+        parents=[stores, quiet, as_json],
+        help="layout, arrays, chunks and stored bytes of a Zarr dataset",
+        description="Describe the Zarr dataset ROOT (written through ZarrHAMTStore or "
+        "ShardedZarrStore, by anyhamt or py-hamt): its layout (HAMT, sharded_zarr_v1 or "
+        "sharded_zarr_v2), each array's shape, chunk shape, data type and codecs, its chunks "
+        "stored and missing (zarr does not store chunks that hold only the fill value), and "
+        "stored bytes (metadata, chunks, and the HAMT nodes or shard index).",
+    )
+    zinfo.add_argument("root", metavar="ROOT", help="the dataset's root CID")
+    zinfo.set_defaults(run=_zarr_info)
+    convert = zarr_commands.add_parser(
+        "convert",
+        parents=[stores, quiet],
+        help="copy a HAMT dataset into the sharded layout; prints the new root",
+        description="Copy the Zarr dataset ROOT, stored through ZarrHAMTStore, into a "
+        "ShardedZarrStore in the same store and print the new root CID. Only the index is "
+        "written: chunks are referenced by the CIDs they already have, not read or "
+        "uploaded again. The source is left as it was.",
+    )
+    convert.add_argument("root", metavar="ROOT", help="the HAMT dataset's root CID")
+    convert.add_argument(
+        "--chunks-per-shard",
+        metavar="N",
+        default="6250",
+        help="chunk CIDs per shard block (default: 6250, as py-hamt's converter)",
+    )
+    convert.add_argument(
+        "--manifest-version",
+        choices=("sharded_zarr_v2", "sharded_zarr_v1"),
+        default="sharded_zarr_v2",
+        help="the root layout to write (default: sharded_zarr_v2, one shard index per "
+        "array; sharded_zarr_v1 indexes only the array with the most chunks)",
+    )
+    convert.set_defaults(run=_zarr_convert)
     return parser
 
 
@@ -444,6 +758,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.error("--gateway is for reading through Kubo: give --kubo RPC_URL as well")
     if args.backend == "trio" and importlib.util.find_spec("trio") is None:
         parser.error("--backend trio needs trio: pip install 'anyhamt[trio]'")
+    if args.run is _zarr_convert and importlib.util.find_spec("zarr") is None:
+        parser.error("zarr convert needs zarr: pip install 'anyhamt[zarr]'")
     try:
         _check_text(args)
         anyio.run(args.run, args, backend=args.backend)

@@ -233,9 +233,15 @@ def _zarr_set(ins: _Instruments, name: str, original: _Method) -> _Method:
 
 def _shard_load(ins: _Instruments, name: str, original: _Method) -> _Method:
     @functools.wraps(original)
-    async def traced(self: Any, *args: Any, **kwargs: Any) -> Any:
-        with ins.tracer.start_as_current_span("anyhamt.zarr.shard_load"):
-            return await original(self, *args, **kwargs)
+    async def traced(self: Any, ptr: Any, *args: Any, **kwargs: Any) -> Any:
+        with ins.tracer.start_as_current_span(
+            "anyhamt.zarr.shard_load", attributes={"anyhamt.cid": _cid_text(ptr)}
+        ) as span:
+            shard = await original(self, ptr, *args, **kwargs)
+            data = getattr(shard, "data", None)
+            if data is not None:
+                span.set_attribute("anyhamt.bytes", len(data))
+            return shard
 
     return traced
 
@@ -265,13 +271,15 @@ def _targets() -> list[tuple[type, str, Callable[[_Instruments, str, _Method], _
         from . import zarr as zarr_stores
     except ImportError:  # no zarr extra: nothing Zarr to trace
         return targets
-    for name in ("ZarrHAMTStore", "SimpleEncryptedZarrHAMTStore", "ShardedZarrStore"):
-        cls = getattr(zarr_stores, name, None)
-        if cls is None:
-            continue
+    from .zarr._sharded import _Core
+
+    for cls in (
+        zarr_stores.ZarrHAMTStore,
+        zarr_stores.SimpleEncryptedZarrHAMTStore,
+        zarr_stores.ShardedZarrStore,
+    ):
         targets += [(cls, "get", _zarr_get), (cls, "set", _zarr_set)]
-        for loader in getattr(cls, "_traced_shard_loads", ()):
-            targets.append((cls, loader, _shard_load))
+    targets.append((_Core, "load_shard", _shard_load))
     return targets
 
 

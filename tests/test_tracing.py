@@ -158,3 +158,40 @@ def test_without_opentelemetry_instrument_names_the_extra(monkeypatch: pytest.Mo
     with pytest.raises(InvalidConfigError, match=r"anyhamt\[otel\]"):
         tracing.instrument()
     assert not tracing.is_instrumented()
+
+
+async def test_a_sharded_store_read_traces_its_shard_load(telemetry: Telemetry) -> None:
+    import json
+
+    from zarr.core.buffer import default_buffer_prototype
+
+    from anyhamt.zarr import ShardedZarrStore
+
+    prototype = default_buffer_prototype()
+    meta = {
+        "zarr_format": 3,
+        "node_type": "array",
+        "shape": [4],
+        "data_type": "uint8",
+        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
+        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+        "fill_value": 0,
+        "codecs": [{"name": "bytes"}],
+    }
+    cas = InMemoryCAS()
+    writer = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=2)
+    await writer.set("a/zarr.json", prototype.buffer.from_bytes(json.dumps(meta).encode()))
+    await writer.set("a/c/3", prototype.buffer.from_bytes(b"x"))
+    root = await writer.flush()
+    reader = await ShardedZarrStore.open(cas=cas, read_only=True, root_cid=root)
+    got = await reader.get("a/c/3", prototype)
+    assert got is not None and got.to_bytes() == b"x"
+    await reader.get("a/c/2", prototype)  # the same shard: cached, no second load
+
+    (loaded,) = telemetry.finished("anyhamt.zarr.shard_load")
+    read = telemetry.finished("anyhamt.zarr.get")[-2]
+    assert loaded.parent is not None and loaded.parent.span_id == read.context.span_id
+    assert loaded.attributes is not None
+    size = loaded.attributes["anyhamt.bytes"]
+    assert isinstance(size, int) and size > 0
+    assert isinstance(loaded.attributes["anyhamt.cid"], str)
