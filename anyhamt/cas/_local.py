@@ -50,6 +50,11 @@ _CHECKPOINT_BYTES: Final = 64 * 2**20
 # ... unless the log has grown past this, when it checkpoints before the next batch anyway:
 # a writer that never pauses must not grow the log without bound.
 _CHECKPOINT_FORCE_BYTES: Final = 4 * _CHECKPOINT_BYTES
+# The reader maps up to this much of the file: a block is then one copy out of the page
+# cache instead of a read() per 64 KiB page of its overflow chain. Measured: 208 Zarr
+# chunks of 460 KB (95 MB) came out of SQLite in 0.037 s instead of 0.089 s. Address
+# space only; the file never shrinks (no VACUUM), so no mapped page vanishes under a read.
+_READ_MMAP_BYTES: Final = 2**30
 
 
 def default_store_path() -> Path:
@@ -236,7 +241,9 @@ class _Database:
             raise StoreClosedError(f"LocalCAS({self.path}) is closed")
         if self._reader is None:
             try:
-                self._reader = self._connect()
+                reader = self._connect()
+                reader.execute(f"PRAGMA mmap_size = {_READ_MMAP_BYTES}")
+                self._reader = reader
             except AnyHamtError:
                 raise
             except (sqlite3.Error, OSError) as exc:
