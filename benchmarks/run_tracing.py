@@ -6,16 +6,18 @@ This measures it rather than assuming it. One process, one read-only map of ``--
 keys on ``InMemoryCAS`` (every node cached after the first pass, so a get is pure CPU and
 any per-call overhead shows at its largest), and rounds that cycle through:
 
-* ``never``: the library as imported, before any instrument() call;
-* ``off``: after instrument() then uninstrument() (what a user who switched tracing off
-  runs);
+* ``never``: the library without tracing (before the first instrument() call, and
+  between rounds the same functions, put back by uninstrument());
+* ``off``: right after instrument() then uninstrument() (what a user who switched tracing
+  off runs);
 * ``noop``: instrumented with OpenTelemetry's API alone (no SDK: non-recording spans);
 * ``sdk``: instrumented with the SDK's TracerProvider and MeterProvider, spans going to an
   in-memory exporter that is cleared between rounds.
 
-Each round gets every key once in a tight loop; the table shows the median gets/s of
-``--rounds`` rounds per mode and the ratio to ``never``. Rounds alternate between modes,
-so drift in machine load spreads over all of them.
+Each round gets every key once in a tight loop (after a garbage collection); the table
+shows the median gets/s of ``--rounds`` rounds per mode and the ratio to ``never``. Rounds
+alternate between modes (``never`` and ``off`` swap order every round), so drift in
+machine load spreads over all of them.
 
 Run: ``python benchmarks/run_tracing.py [--keys 20000] [--rounds 9] [--backend trio]``
 (needs the ``otel`` extra and opentelemetry-sdk).
@@ -24,6 +26,7 @@ Run: ``python benchmarks/run_tracing.py [--keys 20000] [--rounds 9] [--backend t
 from __future__ import annotations
 
 import argparse
+import gc
 import os
 import platform
 import statistics
@@ -49,6 +52,7 @@ async def one_round(cas: InMemoryCAS, root: Any, keys: list[str]) -> float:
     hamt = await HAMT.build(cas=cas, root_node_id=root, read_only=True, values_are_bytes=True)
     for key in keys:  # warm the node cache: the timed pass is pure CPU
         await hamt.get(key)
+    gc.collect()  # no round pays for another's garbage
     start = time.perf_counter()
     for key in keys:
         await hamt.get(key)
@@ -71,11 +75,13 @@ def sdk_providers() -> tuple[Any, Any, Any]:
 async def main(args: argparse.Namespace) -> str:
     cas, root, keys = await build(args.keys)
     results: dict[str, list[float]] = {"never": [], "off": [], "noop": [], "sdk": []}
-    for _ in range(args.rounds):
-        results["never"].append(await one_round(cas, root, keys))
-        tracing.instrument()
-        tracing.uninstrument()
-        results["off"].append(await one_round(cas, root, keys))
+    for round_number in range(args.rounds):
+        # never/off in alternating order, so neither always runs first after the SDK round.
+        for mode in ("never", "off") if round_number % 2 == 0 else ("off", "never"):
+            if mode == "off":
+                tracing.instrument()
+                tracing.uninstrument()
+            results[mode].append(await one_round(cas, root, keys))
         from opentelemetry.metrics import NoOpMeterProvider
         from opentelemetry.trace import NoOpTracerProvider
 
