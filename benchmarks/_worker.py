@@ -84,43 +84,17 @@ def yielding_anyhamt_store(inner: Any) -> Any:
         async def checkpoint() -> None:
             await asyncio.sleep(0)
 
-    class YieldingCAS(anyhamt.ContentAddressedStore):
+    from anyhamt.testing import WrapperCAS
+
+    class YieldingCAS(WrapperCAS):
         """Forwards to ``inner`` after a checkpoint, as a network store would yield."""
 
-        def __init__(self, inner: Any) -> None:
-            self.inner = inner
+        async def before(self, operation: str, id: Any = None) -> None:
+            if operation != "flush":
+                await checkpoint()
 
-        async def save(self, data: bytes, codec: Any) -> Any:
-            await checkpoint()
-            return await self.inner.save(data, codec)
-
-        async def load(
-            self,
-            id: Any,
-            offset: int | None = None,
-            length: int | None = None,
-            suffix: int | None = None,
-        ) -> bytes:
-            await checkpoint()
-            return await self.inner.load(id, offset, length, suffix)
-
-        # anyhamt's internal id protocol: keep the inner store's fast path.
-        async def _save_id(self, data: bytes, codec: Any) -> Any:
-            await checkpoint()
-            return await self.inner._save_id(data, codec)
-
-        async def _load_id(
-            self,
-            ptr: Any,
-            offset: int | None = None,
-            length: int | None = None,
-            suffix: int | None = None,
-        ) -> bytes:
-            await checkpoint()
-            return await self.inner._load_id(ptr, offset, length, suffix)
-
-        async def flush(self) -> None:
-            await self.inner.flush()
+        # Saves one block at a time, each yielding, as a network store without batching.
+        _save_many = anyhamt.ContentAddressedStore._save_many
 
     return YieldingCAS(inner)
 
