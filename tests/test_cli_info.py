@@ -746,4 +746,7 @@ def test_convert_shows_its_progress_on_a_terminal(tmp_path: Path) -> None:
     assert status == 0 and out.decode().startswith("bafyr4i")
     assert b"reading nodes" in err and b"copying pointers" in err
     status, again, err = run_with_stderr_on_a_terminal([*argv, "--quiet"], sized=True)
-    assert (status, again, err) == (0, out, b"")
+    assert (status, again) == (0, out)
+    # No progress output. (stderr may still carry a library's import-time warning: with
+    # the lowest declared zarr, numcodecs warns about crc32c when zarr is imported.)
+    assert not any(bar in err for bar in (b"reading nodes", b"copying pointers", b"%|"))
