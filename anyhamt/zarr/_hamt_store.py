@@ -5,13 +5,12 @@ from __future__ import annotations
 import uuid
 from typing import TYPE_CHECKING, Any, Final, Self
 
-from zarr.abc.store import OffsetByteRequest, RangeByteRequest, Store, SuffixByteRequest
+from zarr.abc.store import Store
 from zarr.core.buffer import Buffer
 
 from .._errors import (
     DetachedStoreError,
     InvalidConfigError,
-    InvalidRangeError,
     InvalidValueError,
     KeyNotFoundError,
     ReadOnlyError,
@@ -23,6 +22,7 @@ from .._loops import checkpoint_if_cancelled, repair_sniffio
 from .._tasks import map_bounded
 from ..cas._base import slice_block
 from ._state import HamtTicket, hamt_state, ticket_for
+from ._store_base import BlockStoreBase, buffer_bytes, range_args
 
 if TYPE_CHECKING:
     from collections.abc import AsyncIterator, Callable, Hashable, Iterable
@@ -38,43 +38,13 @@ __all__ = ["ZarrHAMTStore"]
 _PARTIAL_CONCURRENCY: Final = 32
 _METADATA_SUFFIX: Final = "zarr.json"
 
-type _Range = tuple[int | None, int | None, int | None]
-
-
-def _range_args(byte_range: ByteRequest | None) -> _Range:
-    """A zarr byte request as the HAMT's ``(offset, length, suffix)``."""
-    if byte_range is None:
-        return None, None, None
-    kind = type(byte_range)
-    if kind is RangeByteRequest:
-        start, end = byte_range.start, byte_range.end  # type: ignore[union-attr]
-        if start < 0 or end < start:
-            raise InvalidRangeError(
-                f"RangeByteRequest needs 0 <= start <= end, got start={start}, end={end}"
-            )
-        return start, end - start, None
-    if kind is OffsetByteRequest:
-        offset = byte_range.offset  # type: ignore[union-attr]
-        if offset < 0:
-            raise InvalidRangeError(f"OffsetByteRequest needs offset >= 0, got {offset}")
-        return offset, None, None
-    if kind is SuffixByteRequest:
-        suffix = byte_range.suffix  # type: ignore[union-attr]
-        if suffix < 0:
-            raise InvalidRangeError(f"SuffixByteRequest needs suffix >= 0, got {suffix}")
-        return None, None, suffix
-    raise InvalidRangeError(
-        f"Unexpected byte_range, got {byte_range!r}; expected a zarr RangeByteRequest, "
-        "OffsetByteRequest, SuffixByteRequest or None"
-    )
-
 
 def _dir_prefix(prefix: str) -> str:
     """``"a/b"`` and ``"a/b/"`` both name the directory ``"a/b/"``; ``""`` is the root."""
     return prefix if prefix == "" or prefix.endswith("/") else prefix + "/"
 
 
-class ZarrHAMTStore(Store):
+class ZarrHAMTStore(BlockStoreBase):
     """A Zarr v3 store on a HAMT: each Zarr key is a HAMT key, each value a raw block.
 
     The same constructor and behaviour as py-hamt's ``ZarrHAMTStore``, so data written by
@@ -202,32 +172,7 @@ class ZarrHAMTStore(Store):
             return {}
         return state.metadata.setdefault(self._cache_view, {})
 
-    # -- zarr Store: flags and identity --------------------------------------------------------
-
-    @property
-    def supports_writes(self) -> bool:
-        # docstring inherited
-        return True
-
-    @property
-    def supports_deletes(self) -> bool:
-        # docstring inherited
-        return True
-
-    @property
-    def supports_listing(self) -> bool:
-        # docstring inherited
-        return True
-
-    @property
-    def supports_partial_writes(self) -> bool:  # type: ignore[override]
-        # docstring inherited (abstract on zarr 3.0.x, where this store must load too)
-        return False
-
-    async def set_partial_values(self, key_start_values: Iterable[tuple[str, int, Any]]) -> None:
-        """Not supported (zarr 3.0.x's abstract method; later zarr never calls it)."""
-        await checkpoint_if_cancelled()
-        raise NotImplementedError("ZarrHAMTStore does not support partial writes")
+    # -- zarr Store: identity (flags in BlockStoreBase) ----------------------------------------
 
     def _check_writable(self) -> None:
         # docstring inherited
@@ -315,7 +260,7 @@ class ZarrHAMTStore(Store):
         repair_sniffio()
         await checkpoint_if_cancelled()
         hamt = self.hamt
-        offset, length, suffix = _range_args(byte_range)
+        offset, length, suffix = range_args(byte_range)
         if key.endswith(_METADATA_SUFFIX):
             data = await self._metadata(hamt, key)
             if data is None:
@@ -404,7 +349,7 @@ class ZarrHAMTStore(Store):
         hamt = self.hamt
         state = self._state
         assert state is not None
-        data = value.to_bytes()
+        data = buffer_bytes(value)
         is_metadata = key.endswith(_METADATA_SUFFIX)
         if is_metadata:
             state.forget(key)

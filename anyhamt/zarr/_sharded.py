@@ -39,8 +39,8 @@ from .._loops import checkpoint_if_cancelled, repair_sniffio
 from .._sync import CrossLoopLock, SingleFlight
 from .._tasks import map_bounded
 from ..cas._base import ContentAddressedStore, slice_block
-from ._hamt_store import _range_args
 from ._shard_cache import Key, Shard, ShardCache, internal_ids, public_ids, slot_size
+from ._store_base import BlockStoreBase, buffer_bytes, range_args
 
 if TYPE_CHECKING:
     from collections.abc import (
@@ -839,7 +839,7 @@ _reopened_mutex: Final = threading.Lock()
 _MAX_REOPENED: Final = 16
 
 
-class ShardedZarrStore(Store):
+class ShardedZarrStore(BlockStoreBase):
     """A Zarr v3 store in py-hamt's sharded layout: a root object, per array a list of
     shard ids, each shard a dag-cbor list of ``chunks_per_shard`` chunk ids (C order).
 
@@ -1008,31 +1008,7 @@ class ShardedZarrStore(Store):
             raise InvalidConfigError("the store is not open yet: await ShardedZarrStore.open()")
         return core.version
 
-    # -- zarr Store: flags and identity ------------------------------------------------------
-
-    @property
-    def supports_writes(self) -> bool:
-        # docstring inherited
-        return True
-
-    @property
-    def supports_deletes(self) -> bool:
-        # docstring inherited
-        return True
-
-    @property
-    def supports_listing(self) -> bool:
-        # docstring inherited
-        return True
-
-    @property
-    def supports_partial_writes(self) -> bool:  # type: ignore[override]
-        # docstring inherited (abstract on zarr 3.0.x, where this store must load too)
-        return False
-
-    async def set_partial_values(self, key_start_values: Iterable[tuple[str, int, Any]]) -> None:
-        """Not supported (zarr 3.0.x's abstract method; later zarr never calls it)."""
-        raise NotImplementedError("ShardedZarrStore does not support partial writes")
+    # -- zarr Store: identity (flags in BlockStoreBase) ----------------------------------------
 
     def with_read_only(self, read_only: bool = False) -> Self:
         """A store over the same content and cache (changes through either show in both)."""
@@ -1237,7 +1213,7 @@ class ShardedZarrStore(Store):
     ) -> Buffer | None:
         # docstring inherited
         core = await self._ready()
-        offset, length, suffix = _range_args(byte_range)
+        offset, length, suffix = range_args(byte_range)
         key = core.v2_read_key(key)
         route = core.route(key)
         if route is None:
@@ -1316,7 +1292,7 @@ class ShardedZarrStore(Store):
             raise InvalidValueError(
                 f"Zarr stores take zarr Buffer values, got {type(value).__name__}"
             )
-        data = value.to_bytes()
+        data = buffer_bytes(value)
         route = core.route(key)
         if route is not None:
             ptr = await core.retry(lambda: core.cas._save_id(data, "raw"))
