@@ -6,8 +6,16 @@ imports what it uses by name (``from _helpers import build_map``).
 
 from __future__ import annotations
 
+import fcntl
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
 import threading
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import anyio
 import anyio.to_thread
@@ -19,7 +27,7 @@ if TYPE_CHECKING:
 
     from anyhamt import ContentAddressedStore
 
-__all__ = ["AnyioThread", "build_map", "reference_root"]
+__all__ = ["AnyioThread", "build_map", "console_script", "reference_root", "run_on_a_terminal"]
 
 
 async def build_map(cas: ContentAddressedStore, contents: dict[str, bytes], **kwargs: Any) -> HAMT:
@@ -75,3 +83,41 @@ class AnyioThread:
         self.thread.join(timeout)
         assert not self.thread.is_alive(), "a loop hung"
         return self._outcome()
+
+
+def console_script() -> str:
+    """The installed `anyhamt` script next to this Python (what a user runs)."""
+    script = Path(sys.executable).parent / "anyhamt"
+    assert script.is_file(), f"{script} missing: install anyhamt (pip install -e .)"
+    return str(script)
+
+
+def run_on_a_terminal(
+    argv: list[str], *, terminal: Literal["stdout", "stderr"], sized: bool = True
+) -> tuple[int, bytes, bytes]:
+    """Run ``argv`` with one stream on a pseudo-terminal and the other on a pipe; return
+    ``(exit status, what reached the terminal, what reached the pipe)``.
+
+    A sized terminal reports 80x24 as a terminal window does; an unsized one reports no
+    size, as some pseudo-terminals (CI runners) do. The terminal turns "\n" into "\r\n".
+    """
+    controller, child_end = pty.openpty()
+    if sized:
+        fcntl.ioctl(child_end, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
+    streams: dict[str, Any] = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    streams[terminal] = child_end
+    try:
+        process = subprocess.Popen(argv, **streams)
+    finally:
+        os.close(child_end)
+    with process:
+        on_terminal = b""
+        try:
+            while chunk := os.read(controller, 4096):
+                on_terminal += chunk
+        except OSError:  # EIO: the child closed its end of the terminal (Linux)
+            pass
+        finally:
+            os.close(controller)
+        out, err = process.communicate(timeout=120)
+    return process.returncode, on_terminal, out if terminal == "stderr" else err

@@ -7,8 +7,6 @@ the suite's `--backend` option like the async tests do.
 from __future__ import annotations
 
 import json
-import os
-import pty
 import re
 import socket
 import subprocess
@@ -19,6 +17,7 @@ from typing import Any
 import anyio
 import dag_cbor
 import pytest
+from _helpers import console_script, run_on_a_terminal
 from multiformats import CID
 
 from anyhamt import HAMT, LocalCAS, cli
@@ -29,13 +28,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
-
-
-def console_script() -> str:
-    """The installed `anyhamt` script next to this Python (what a user runs)."""
-    script = Path(sys.executable).parent / "anyhamt"
-    assert script.is_file(), f"{script} missing: install anyhamt (pip install -e .)"
-    return str(script)
 
 
 def put_map(capsys: pytest.CaptureFixture[str], store: list[str], **items: str) -> str:
@@ -270,25 +262,9 @@ def test_get_adds_a_newline_on_a_terminal_only(tmp_path: Path) -> None:
     )
 
     def on_a_terminal(key: str) -> bytes:
-        controller, terminal = pty.openpty()
-        try:
-            process = subprocess.Popen(
-                [script, "get", root, key, *store], stdout=terminal, stderr=subprocess.PIPE
-            )
-        finally:
-            os.close(terminal)
-        with process:
-            output = b""
-            try:
-                while chunk := os.read(controller, 4096):
-                    output += chunk
-            except OSError:  # EIO: the child closed its end of the terminal (Linux)
-                pass
-            finally:
-                os.close(controller)
-            _, err = process.communicate(timeout=120)
-        assert process.returncode == 0, err
-        return output
+        status, out, err = run_on_a_terminal([script, "get", root, key, *store], terminal="stdout")
+        assert status == 0, err
+        return out
 
     # The terminal turns "\n" into "\r\n"; a value that ends in a newline gets no second one.
     assert on_a_terminal("k") == b"one\r\n"

@@ -8,29 +8,25 @@ max_bucket_size keys), and its blocks from a CAR export, parsed here.
 
 from __future__ import annotations
 
-import fcntl
 import io
 import json
-import os
-import pty
 import re
 import socket
-import struct
 import subprocess
-import sys
-import termios
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import anyio
 import dag_cbor
 import pytest
+from _helpers import console_script, run_on_a_terminal
 from blake3 import blake3
 
 from anyhamt import HAMT, LocalCAS, cli, export_car
 from anyhamt.cli import main
 
 if TYPE_CHECKING:
+    from pathlib import Path
+
     from multiformats import CID
 
 BUCKET = 4
@@ -43,13 +39,6 @@ def run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str, str]:
     status = main(list(argv))
     out, err = capsys.readouterr()
     return status, out, err
-
-
-def console_script() -> str:
-    """The installed `anyhamt` script next to this Python (what a user runs)."""
-    script = Path(sys.executable).parent / "anyhamt"
-    assert script.is_file(), f"{script} missing: install anyhamt (pip install -e .)"
-    return str(script)
 
 
 def files_under(path: Path) -> list[Path]:
@@ -680,45 +669,18 @@ def test_help_documents_every_option_and_default(
 # -- progress ------------------------------------------------------------------------------
 
 
-def run_with_stderr_on_a_terminal(argv: list[str], *, sized: bool) -> tuple[int, bytes, bytes]:
-    """Run the console script with stderr on a pseudo-terminal and stdout on a pipe; the
-    terminal reports 80x24 as a terminal window does, or no size as some pseudo-terminals
-    (CI runners) do."""
-    controller, terminal = pty.openpty()
-    if sized:
-        fcntl.ioctl(terminal, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 80, 0, 0))
-    try:
-        process = subprocess.Popen(
-            [console_script(), *argv], stdout=subprocess.PIPE, stderr=terminal
-        )
-    finally:
-        os.close(terminal)
-    with process:
-        err = b""
-        try:
-            while chunk := os.read(controller, 4096):
-                err += chunk
-        except OSError:  # EIO: the child closed its end of the terminal (Linux)
-            pass
-        finally:
-            os.close(controller)
-        out, _ = process.communicate(timeout=120)
-    return process.returncode, out, err
-
-
 @pytest.mark.parametrize("sized", [True, False], ids=["sized", "unsized"])
 def test_progress_bar_only_on_a_terminal_and_not_with_quiet(tmp_path: Path, sized: bool) -> None:
     path = tmp_path / "blocks.sqlite3"
     root = anyio.run(write_map, path, {f"k{i}": b"v%d" % i for i in range(300)})
     store = ["--store", str(path)]
 
-    status, out, err = run_with_stderr_on_a_terminal(["info", root, "--json", *store], sized=sized)
+    argv = [console_script(), "info", root, "--json", *store]
+    status, err, out = run_on_a_terminal(argv, terminal="stderr", sized=sized)
     assert status == 0 and json.loads(out)["keys"] == 300
     assert b"reading nodes" in err and b"sizing values" in err
 
-    status, out, err = run_with_stderr_on_a_terminal(
-        ["info", root, "--json", "--quiet", *store], sized=sized
-    )
+    status, err, out = run_on_a_terminal([*argv, "--quiet"], terminal="stderr", sized=sized)
     assert status == 0 and json.loads(out)["keys"] == 300
     assert err == b""
 
@@ -741,11 +703,12 @@ def test_convert_shows_its_progress_on_a_terminal(tmp_path: Path) -> None:
     pytest.importorskip("xarray")
     path = tmp_path / "blocks.sqlite3"
     root, _ = anyio.run(write_zarr, path)
-    argv = ["zarr", "convert", root, "--chunks-per-shard", "4", "--store", str(path)]
-    status, out, err = run_with_stderr_on_a_terminal(argv, sized=True)
+    argv = [console_script(), "zarr", "convert", root, "--chunks-per-shard", "4"]
+    argv += ["--store", str(path)]
+    status, err, out = run_on_a_terminal(argv, terminal="stderr")
     assert status == 0 and out.decode().startswith("bafyr4i")
     assert b"reading nodes" in err and b"copying pointers" in err
-    status, again, err = run_with_stderr_on_a_terminal([*argv, "--quiet"], sized=True)
+    status, err, again = run_on_a_terminal([*argv, "--quiet"], terminal="stderr")
     assert (status, again) == (0, out)
     # No progress output. (stderr may still carry a library's import-time warning: with
     # the lowest declared zarr, numcodecs warns about crc32c when zarr is imported.)
