@@ -7,6 +7,7 @@ imports what it uses by name (``from _helpers import build_map``).
 from __future__ import annotations
 
 import fcntl
+import json
 import os
 import pty
 import struct
@@ -23,11 +24,18 @@ import anyio.to_thread
 from anyhamt import HAMT, InMemoryCAS
 
 if TYPE_CHECKING:
-    from collections.abc import Awaitable, Callable
+    from collections.abc import Awaitable, Callable, Sequence
 
     from anyhamt import ContentAddressedStore
 
-__all__ = ["AnyioThread", "build_map", "console_script", "reference_root", "run_on_a_terminal"]
+__all__ = [
+    "AnyioThread",
+    "array_metadata",
+    "build_map",
+    "console_script",
+    "reference_root",
+    "run_on_a_terminal",
+]
 
 
 async def build_map(cas: ContentAddressedStore, contents: dict[str, bytes], **kwargs: Any) -> HAMT:
@@ -121,3 +129,24 @@ def run_on_a_terminal(
             os.close(controller)
         out, err = process.communicate(timeout=120)
     return process.returncode, on_terminal, out if terminal == "stderr" else err
+
+
+def array_metadata(
+    shape: Sequence[int],
+    chunks: Sequence[int],
+    dtype: str = "uint8",
+    codecs: list[dict[str, Any]] | None = None,
+) -> bytes:
+    """A Zarr v3 array's ``zarr.json``: a regular grid of ``chunks``, "/"-separated keys."""
+    return json.dumps(
+        {
+            "zarr_format": 3,
+            "node_type": "array",
+            "shape": list(shape),
+            "data_type": dtype,
+            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
+            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
+            "fill_value": 0,
+            "codecs": codecs if codecs is not None else [{"name": "bytes"}],
+        }
+    ).encode()

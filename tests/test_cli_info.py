@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import dag_cbor
 import pytest
-from _helpers import console_script, run_on_a_terminal
+from _helpers import array_metadata, console_script, run_on_a_terminal
 from blake3 import blake3
 
 from anyhamt import HAMT, LocalCAS, cli, export_car
@@ -30,6 +30,7 @@ if TYPE_CHECKING:
     from multiformats import CID
 
 BUCKET = 4
+LITTLE = {"endian": "little"}
 
 
 # -- the command ---------------------------------------------------------------------------
@@ -365,18 +366,7 @@ async def write_sharded_roots(path: Path) -> dict[str, Any]:
     (0,0), (0,2) and (1,1); coordinate "x" (one chunk)."""
 
     def zarr_json(shape: list[int], chunks: list[int], dtype: str) -> bytes:
-        return json.dumps(
-            {
-                "zarr_format": 3,
-                "node_type": "array",
-                "shape": shape,
-                "data_type": dtype,
-                "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": chunks}},
-                "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-                "fill_value": 0,
-                "codecs": [{"name": "bytes", "configuration": {"endian": "little"}}],
-            }
-        ).encode()
+        return array_metadata(shape, chunks, dtype, [{"name": "bytes", "configuration": LITTLE}])
 
     group = json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}).encode()
     async with LocalCAS(path) as cas:

@@ -7,6 +7,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from _helpers import array_metadata
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
@@ -161,26 +162,14 @@ def test_without_opentelemetry_instrument_names_the_extra(monkeypatch: pytest.Mo
 
 
 async def test_a_sharded_store_read_traces_its_shard_load(telemetry: Telemetry) -> None:
-    import json
-
     from zarr.core.buffer import default_buffer_prototype
 
     from anyhamt.zarr import ShardedZarrStore
 
     prototype = default_buffer_prototype()
-    meta = {
-        "zarr_format": 3,
-        "node_type": "array",
-        "shape": [4],
-        "data_type": "uint8",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0,
-        "codecs": [{"name": "bytes"}],
-    }
     cas = InMemoryCAS()
     writer = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=2)
-    await writer.set("a/zarr.json", prototype.buffer.from_bytes(json.dumps(meta).encode()))
+    await writer.set("a/zarr.json", prototype.buffer.from_bytes(array_metadata([4], [1])))
     await writer.set("a/c/3", prototype.buffer.from_bytes(b"x"))
     root = await writer.flush()
     reader = await ShardedZarrStore.open(cas=cas, read_only=True, root_cid=root)

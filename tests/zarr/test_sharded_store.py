@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import dag_cbor
 import pytest
+from _helpers import array_metadata
 from multiformats import CID
 from zarr.abc.store import ByteRequest, OffsetByteRequest, RangeByteRequest, SuffixByteRequest
 from zarr.core.buffer import cpu, default_buffer_prototype
@@ -49,24 +50,9 @@ def buf(data: bytes) -> cpu.Buffer:
     return cpu.Buffer.from_bytes(data)
 
 
-def array_meta(shape: tuple[int, ...], chunks: tuple[int, ...]) -> bytes:
-    return json.dumps(
-        {
-            "zarr_format": 3,
-            "node_type": "array",
-            "shape": list(shape),
-            "data_type": "uint8",
-            "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": list(chunks)}},
-            "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-            "fill_value": 0,
-            "codecs": [{"name": "bytes"}],
-        }
-    ).encode()
-
-
 async def v2_store(cas: ContentAddressedStore, cps: int = 4, **kwargs: Any) -> ShardedZarrStore:
     store = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=cps, **kwargs)
-    await store.set("a/zarr.json", buf(array_meta((4, 4), (1, 1))))  # 16 chunks, 4 shards
+    await store.set("a/zarr.json", buf(array_metadata((4, 4), (1, 1))))  # 16 chunks, 4 shards
     return store
 
 
@@ -143,7 +129,7 @@ async def test_bad_chunk_keys_raise_and_change_nothing() -> None:
         with pytest.raises(InvalidKeyError):
             await store.set_pointer(key, await cas.save(b"x", "raw"))
     # An array whose metadata has no regular grid has no index: its chunks are errors too.
-    meta = json.loads(array_meta((4,), (1,)))
+    meta = json.loads(array_metadata((4,), (1,)))
     meta["chunk_grid"] = {"name": "rectilinear", "configuration": {}}
     await store.set("irregular/zarr.json", buf(json.dumps(meta).encode()))
     with pytest.raises(InvalidKeyError, match="no regular chunk grid"):
@@ -206,7 +192,7 @@ async def test_v1_root_and_shards_are_pyhamts_format() -> None:
 async def test_v2_root_and_shards_are_pyhamts_format(tmp_path: Path) -> None:
     async with LocalCAS(tmp_path / "blocks.sqlite3") as cas:
         store = await v2_store(cas, cps=3)
-        await store.set("g/b/zarr.json", buf(array_meta((2, 2, 2), (1, 1, 2))))
+        await store.set("g/b/zarr.json", buf(array_metadata((2, 2, 2), (1, 1, 2))))
         await store.set("a/c/3/3", buf(b"a33"))  # linear 15: shard 5, slot 0
         await store.set("g/b/c/1/0/0", buf(b"b100"))  # linear 2: shard 0, slot 2
         root = await store.flush()
@@ -295,7 +281,7 @@ async def test_set_pointer_copies_no_data() -> None:
 async def test_graft_store_is_all_or_nothing() -> None:
     cas = InMemoryCAS()
     source = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=2)
-    await source.set("a/zarr.json", buf(array_meta((2, 2), (1, 1))))
+    await source.set("a/zarr.json", buf(array_metadata((2, 2), (1, 1))))
     await source.set("a/c/0/0", buf(b"s00"))
     await source.set("a/c/1/1", buf(b"s11"))
     source_root = await source.flush()
@@ -442,7 +428,7 @@ async def test_cache_stays_in_budget_writing_back_dirty_shards() -> None:
     store = await ShardedZarrStore.open(
         cas=cas, read_only=False, chunks_per_shard=16, max_cache_memory_bytes=4000
     )
-    await store.set("a/zarr.json", buf(array_meta((64, 16), (1, 1))))  # 64 shards
+    await store.set("a/zarr.json", buf(array_metadata((64, 16), (1, 1))))  # 64 shards
     core = store._core
     assert core is not None
     one_shard = 0
@@ -467,7 +453,7 @@ async def test_dirty_shards_are_never_evicted() -> None:
     store = await ShardedZarrStore.open(
         cas=HookedCAS(), read_only=False, chunks_per_shard=4, max_cache_memory_bytes=0
     )
-    await store.set("a/zarr.json", buf(array_meta((4, 4), (1, 1))))
+    await store.set("a/zarr.json", buf(array_metadata((4, 4), (1, 1))))
     core = store._core
     assert core is not None
     cas = core.cas
@@ -599,7 +585,7 @@ async def test_flush_while_writing_and_after_cancelled_writes() -> None:
     store = await ShardedZarrStore.open(
         cas=cas, read_only=False, chunks_per_shard=4, max_cache_memory_bytes=3000
     )
-    await store.set("a/zarr.json", buf(array_meta((16, 16), (1, 1))))
+    await store.set("a/zarr.json", buf(array_metadata((16, 16), (1, 1))))
     keys = [f"a/c/{i}/{(i * 7) % 16}" for i in range(16)]
 
     async def write(key: str) -> None:
@@ -619,7 +605,7 @@ async def test_flush_while_writing_and_after_cancelled_writes() -> None:
     assert await store.flush() == root  # nothing changed: the same root
 
     fresh = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=4)
-    await fresh.set("a/zarr.json", buf(array_meta((16, 16), (1, 1))))
+    await fresh.set("a/zarr.json", buf(array_metadata((16, 16), (1, 1))))
     for key in keys:
         await fresh.set(key, buf(key.encode()))
     assert await fresh.flush() == root  # the same content gives the same root
@@ -640,9 +626,9 @@ async def test_legacy_v1_root_without_recorded_primary() -> None:
         chunks_per_shard=2,
         manifest_version=V1,
     )
-    await store.set("lat/zarr.json", buf(array_meta((4,), (2,))))
-    await store.set("var/zarr.json", buf(array_meta((4, 4), (2, 2))))
-    await store.set("other/zarr.json", buf(array_meta((4, 4), (4, 4))))
+    await store.set("lat/zarr.json", buf(array_metadata((4,), (2,))))
+    await store.set("var/zarr.json", buf(array_metadata((4, 4), (2, 2))))
+    await store.set("other/zarr.json", buf(array_metadata((4, 4), (4, 4))))
     await store.set("var/c/1/0", buf(b"v10"))
     await store.set("other/c/0/0", buf(b"o00"))
     root = cbor(await cas.load(await store.flush()))
@@ -663,7 +649,7 @@ async def test_delete_dir_drops_the_index_and_deletes_pick_no_primary() -> None:
     cas = InMemoryCAS()
     store = await v2_store(cas)
     await store.set("a/c/1/1", buf(b"x"))
-    await store.set("b/zarr.json", buf(array_meta((2,), (1,))))
+    await store.set("b/zarr.json", buf(array_metadata((2,), (1,))))
     await store.delete_dir("a")
     root = cbor(await cas.load(await store.flush()))
     assert sorted(root["arrays"]) == ["b"]
