@@ -632,20 +632,31 @@ class _Core:
             if not progressed:
                 return
 
-    async def write_slot(self, key: str, route: _Route, ptr: Pointer | None) -> None:
-        """Set (or clear, ``ptr`` None) the chunk id ``key`` routes to."""
+    async def write_slot(
+        self, key: str, route: _Route, ptr: Pointer | None, *, only_if_absent: bool = False
+    ) -> bool:
+        """Set (or clear, ``ptr`` None) the chunk id ``key`` routes to; with
+        ``only_if_absent``, only if the chunk has no id yet (checked under the shard's
+        lock, so atomic with every other write of it). True if it was written."""
         while True:
             array, epoch, index, slot = route
             lock = self.lock_for((array.key, index))
             async with lock:
                 if not array.busy and array.epoch == epoch and self.arrays.get(array.path) is array:
                     shard = await self.shard(array, index, create=ptr is not None)
+                    written = True
                     if shard is not None:
                         try:
-                            self._put(array, index, shard, slot, ptr)
+                            if only_if_absent and (
+                                shard.get(slot) is not None or key in self.metadata
+                            ):
+                                written = False
+                            else:
+                                self._put(array, index, shard, slot, ptr)
                         finally:
                             self.cache.unpin((array.key, index), shard)
-                    self._after_chunk_write(key, ptr)
+                    if written:
+                        self._after_chunk_write(key, ptr)
                     break
             # The geometry changed under us: wait for the resize, then route again.
             async with self.structure:
@@ -655,6 +666,7 @@ class _Core:
                 raise InvalidKeyError(f"chunk key {key!r} no longer names a sharded array")
             route = new_route
         await self.make_room()
+        return written
 
     def _put(self, array: _Array, index: int, shard: Shard, slot: int, ptr: Pointer | None) -> None:
         decoded = shard.slots is not None
@@ -1286,25 +1298,37 @@ class ShardedZarrStore(BlockStoreBase):
 
     async def set(self, key: str, value: Buffer) -> None:
         # docstring inherited
+        await self._write(key, value, only_if_absent=False)
+
+    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
+        """Store ``value`` under ``key`` unless ``key`` has a value. Atomic with every other
+        write of ``key``: of concurrent calls exactly one writes, and a ``set`` racing it
+        is never overwritten."""
+        await self._write(key, value, only_if_absent=True)
+
+    async def _write(self, key: str, value: Buffer, *, only_if_absent: bool) -> None:
         core = await self._writable()
         _check_key(key)
         if not isinstance(value, Buffer):
             raise InvalidValueError(
                 f"Zarr stores take zarr Buffer values, got {type(value).__name__}"
             )
+        if only_if_absent and await self._pointer(core, key) is not None:
+            return  # the common case, without saving a block
         data = buffer_bytes(value)
         route = core.route(key)
         if route is not None:
             ptr = await core.retry(lambda: core.cas._save_id(data, "raw"))
-            await core.write_slot(key, route, ptr)
+            await core.write_slot(key, route, ptr, only_if_absent=only_if_absent)
             return
-        await self._set_value(core, key, data, None)
-
-    async def set_if_not_exists(self, key: str, value: Buffer) -> None:
-        # docstring inherited
-        core = await self._writable()
-        if await self._pointer(core, key) is None:
-            await self.set(key, value)
+        if not only_if_absent:
+            await self._set_value(core, key, data, None)
+            return
+        # One set_if_not_exists of a metadata key at a time, so that only the one that
+        # writes does the array bookkeeping; the check at the insert covers a racing set.
+        async with core.lock_for((key, -1)):
+            if key not in core.metadata:
+                await self._set_value(core, key, data, None, only_if_absent=True)
 
     async def _set_value(
         self,
@@ -1314,9 +1338,11 @@ class ShardedZarrStore(BlockStoreBase):
         ptr: Pointer | None,
         *,
         resize_v1: bool = True,
+        only_if_absent: bool = False,
     ) -> None:
         """Keep ``key`` in the root's metadata map: ``data`` (saved unless ``ptr`` already
-        names it), with py-hamt's bookkeeping for Zarr metadata."""
+        names it), with py-hamt's bookkeeping for Zarr metadata; with ``only_if_absent``,
+        only if the map has no ``key`` when the entry is made."""
         path = _array_path_of_metadata(key)
         meta = None if data is None or path is None else _json(data)
         if meta is not None and core.version == SHARDED_ZARR_V2:
@@ -1331,6 +1357,8 @@ class ShardedZarrStore(BlockStoreBase):
             payload = data
             ptr = await core.retry(lambda: core.cas._save_id(payload, "raw"))
         with core.mutex:
+            if only_if_absent and key in core.metadata:
+                return
             core.meta_generation += 1
             core.metadata[key] = ptr
             core.meta_cache.pop(key, None)

@@ -1,16 +1,20 @@
 """What both zarr stores share: values are taken without a copy when zarr hands over
-immutable ``bytes``, and copied when it hands over anything that can still change."""
+immutable ``bytes`` and copied when it hands over anything that can still change, and
+``set_if_not_exists`` is atomic."""
 
 from __future__ import annotations
 
-import json
 from typing import TYPE_CHECKING, Any
 
+import anyio
+import anyio.lowlevel
 import numpy as np
 import pytest
+from _helpers import array_metadata
 from zarr.core.buffer import cpu, default_buffer_prototype
 
 from anyhamt import HAMT, InMemoryCAS
+from anyhamt.testing import WrapperCAS
 from anyhamt.zarr import ShardedZarrStore, ZarrHAMTStore
 from anyhamt.zarr._store_base import buffer_bytes
 
@@ -18,6 +22,8 @@ if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
     from zarr.abc.store import Store
+
+    from anyhamt import ContentAddressedStore
 
 PROTO = default_buffer_prototype()
 DATA = bytes(range(256)) * 8
@@ -43,11 +49,18 @@ def test_a_buffer_over_a_writable_array_is_copied() -> None:
     assert got == DATA
 
 
-async def hamt_store(cas: InMemoryCAS) -> Store:
+class YieldingCAS(WrapperCAS):
+    """Gives other tasks a turn before every store call, as a store with real I/O does."""
+
+    async def before(self, operation: str, id: Any = None) -> None:
+        await anyio.lowlevel.checkpoint()
+
+
+async def hamt_store(cas: ContentAddressedStore) -> Store:
     return ZarrHAMTStore(await HAMT.build(cas=cas, values_are_bytes=True))
 
 
-async def sharded_v1(cas: InMemoryCAS) -> Store:
+async def sharded_v1(cas: ContentAddressedStore) -> Store:
     return await ShardedZarrStore.open(
         cas=cas,
         read_only=False,
@@ -58,23 +71,17 @@ async def sharded_v1(cas: InMemoryCAS) -> Store:
     )
 
 
-async def sharded_v2(cas: InMemoryCAS) -> Store:
+async def sharded_v2(cas: ContentAddressedStore) -> Store:
     store = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=2)
-    meta = {
-        "zarr_format": 3,
-        "node_type": "array",
-        "shape": [4],
-        "data_type": "uint8",
-        "chunk_grid": {"name": "regular", "configuration": {"chunk_shape": [1]}},
-        "chunk_key_encoding": {"name": "default", "configuration": {"separator": "/"}},
-        "fill_value": 0,
-        "codecs": [{"name": "bytes"}],
-    }
-    await store.set("a/zarr.json", cpu.Buffer.from_bytes(json.dumps(meta).encode()))
+    await store.set("a/zarr.json", cpu.Buffer.from_bytes(array_metadata([4], [1])))
     return store
 
 
-STORES: list[Callable[[InMemoryCAS], Awaitable[Store]]] = [hamt_store, sharded_v1, sharded_v2]
+STORES: list[Callable[[ContentAddressedStore], Awaitable[Store]]] = [
+    hamt_store,
+    sharded_v1,
+    sharded_v2,
+]
 
 
 @pytest.mark.parametrize("make", STORES)
@@ -96,3 +103,29 @@ async def test_a_chunk_zarr_encoded_to_bytes_is_stored_without_a_copy(make: Any)
     assert any(block is data for block in cas.store.values())
     got = await store.get("a/c/1", PROTO)
     assert got is not None and got.to_bytes() == DATA
+
+
+@pytest.mark.parametrize("key", ["a/c/1", "b/zarr.json"], ids=["chunk", "metadata"])
+@pytest.mark.parametrize("make", STORES)
+async def test_set_if_not_exists_is_atomic(make: Any, key: str) -> None:
+    store = await make(YieldingCAS(InMemoryCAS()))
+    seen: list[bytes] = []
+
+    async def attempt(value: bytes) -> None:
+        await store.set_if_not_exists(key, cpu.Buffer.from_bytes(value))
+        got = await store.get(key, PROTO)
+        assert got is not None
+        seen.append(got.to_bytes())
+
+    async with anyio.create_task_group() as tg:
+        for i in range(20):
+            tg.start_soon(attempt, b"value %d" % i)
+    # Once any call returned, the value never changed again: every caller read the one
+    # value that was written.
+    assert len(seen) == 20 and len(set(seen)) == 1
+    await store.set_if_not_exists(key, cpu.Buffer.from_bytes(b"late"))
+    got = await store.get(key, PROTO)
+    assert got is not None and got.to_bytes() == seen[0]
+    await store.set(key, cpu.Buffer.from_bytes(b"set"))  # set still overwrites
+    got = await store.get(key, PROTO)
+    assert got is not None and got.to_bytes() == b"set"
