@@ -60,6 +60,10 @@ if TYPE_CHECKING:
 __all__ = ["SHARDED_ZARR_V1", "SHARDED_ZARR_V2", "ShardedZarrStore"]
 
 SHARDED_ZARR_V1: Final = "sharded_zarr_v1"
+# For new stores only (roots py-hamt wrote are read whatever they say): a guard against
+# typos, as a new shard is a list of this many slots in memory; far above what a store
+# that exchanges blocks moves in one (Kubo: 1 MiB, about 25,000 ids).
+MAX_CHUNKS_PER_SHARD: Final = 1 << 20
 SHARDED_ZARR_V2: Final = "sharded_zarr_v2"
 _METADATA_SUFFIXES: Final = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
 # v1 shards only the "primary" array; py-hamt never picks one of these names for it.
@@ -120,6 +124,17 @@ def _to_pointer(value: Any) -> Pointer:
 def _public_root(ptr: Pointer) -> Any:
     # py-hamt returns the root CID as text; InMemoryCAS ids are bytes and stay bytes.
     return str(ptr) if type(ptr) is Link else to_public(ptr)
+
+
+def _check_chunks_per_shard(cps: Any) -> None:
+    if not isinstance(cps, int) or isinstance(cps, bool) or cps <= 0:
+        raise InvalidConfigError(f"chunks_per_shard must be a positive int, got {cps!r}")
+    if cps > MAX_CHUNKS_PER_SHARD:
+        raise InvalidConfigError(
+            f"chunks_per_shard={cps} is more than {MAX_CHUNKS_PER_SHARD}: a shard is one "
+            "block of about 40 bytes per chunk, and IPFS moves blocks of up to 1 MiB "
+            "(about 25,000 chunk ids); py-hamt's default is 6250"
+        )
 
 
 def _grid(shape: tuple[int, ...], chunks: tuple[int, ...]) -> tuple[int, ...]:
@@ -1603,12 +1618,9 @@ def _new_store_config(
             )
     shape = None if array_shape is None else tuple(int(n) for n in array_shape)
     chunks = None if chunk_shape is None else tuple(int(n) for n in chunk_shape)
+    _check_chunks_per_shard(chunks_per_shard)
     if shape is not None and chunks is not None:
         _Array("", shape, chunks, chunks_per_shard)  # validates, raising InvalidConfigError
-    elif not isinstance(chunks_per_shard, int) or chunks_per_shard <= 0:
-        raise InvalidConfigError(
-            f"chunks_per_shard must be a positive int, got {chunks_per_shard!r}"
-        )
     return {
         "version": fmt,
         "cps": chunks_per_shard,

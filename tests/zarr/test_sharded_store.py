@@ -33,6 +33,7 @@ from anyhamt._codec import as_pointer
 from anyhamt.cas import ContentAddressedStore
 from anyhamt.zarr import ShardedZarrStore
 from anyhamt.zarr._shard_cache import ENTRY_OVERHEAD, Shard, ShardCache, encode_shard
+from anyhamt.zarr._sharded import MAX_CHUNKS_PER_SHARD
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -117,6 +118,38 @@ async def test_open_errors() -> None:
         await ShardedZarrStore.open(
             cas=cas, read_only=False, array_shape=(4, 4), chunk_shape=(2,), chunks_per_shard=2
         )
+
+
+@pytest.mark.parametrize("manifest_version", [V1, V2])
+async def test_chunks_per_shard_has_an_upper_bound_for_new_stores(manifest_version: str) -> None:
+    geometry: dict[str, Any] = {"manifest_version": manifest_version}
+    if manifest_version == V1:
+        geometry.update(array_shape=(4,), chunk_shape=(1,))
+    cas = InMemoryCAS()
+    with pytest.raises(InvalidConfigError, match="up to 1 MiB"):
+        await ShardedZarrStore.open(
+            cas=cas, read_only=False, chunks_per_shard=MAX_CHUNKS_PER_SHARD + 1, **geometry
+        )
+    store = await ShardedZarrStore.open(
+        cas=cas, read_only=False, chunks_per_shard=MAX_CHUNKS_PER_SHARD, **geometry
+    )
+    await store.flush()
+
+
+async def test_a_root_written_with_more_chunks_per_shard_still_opens() -> None:
+    """The bound is for new stores: a root py-hamt wrote with more chunks per shard reads."""
+    cas = InMemoryCAS()
+    store = await ShardedZarrStore.open(cas=cas, read_only=False, chunks_per_shard=2)
+    await store.set("a/zarr.json", buf(array_metadata((4,), (1,))))
+    await store.set("a/c/3", buf(b"x"))
+    root = cbor(cas.store[await store.flush()])
+    array = root["arrays"]["a"]
+    array["sharding_config"]["chunks_per_shard"] = MAX_CHUNKS_PER_SHARD + 1
+    array["shard_cids"] = [None]  # one shard now covers the array: none written yet
+    edited = await cas.save(dag_cbor.encode(root), "dag-cbor")
+    reader = await ShardedZarrStore.open(cas=cas, read_only=True, root_cid=edited)
+    assert await reader.exists("a/zarr.json")
+    assert not await reader.exists("a/c/3")
 
 
 async def test_bad_chunk_keys_raise_and_change_nothing() -> None:
