@@ -30,7 +30,10 @@ import argparse
 import json
 import os
 import platform
+import shutil
+import statistics
 import sys
+import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -104,7 +107,10 @@ class ShardedWorkload(Workload):
             self.read(zarr.storage.MemoryStore(store._store_dict, read_only=True))
             self.timed("read", start)
         elif self.args.store == "local":
-            path = os.path.join(self.tmpdir, "data.zarr")
+            # A new directory each run (--repeat), removed after it: a write never
+            # deletes an earlier one, and the size is this run's.
+            run_dir = tempfile.mkdtemp(dir=self.tmpdir)
+            path = os.path.join(run_dir, "data.zarr")
             start = time.perf_counter()
             self.write(zarr.storage.LocalStore(path))
             self.timed("write", start)
@@ -112,6 +118,9 @@ class ShardedWorkload(Workload):
             start = time.perf_counter()
             self.read(zarr.storage.LocalStore(path, read_only=True))
             self.timed("read", start)
+            self.check_slice()
+            shutil.rmtree(run_dir)
+            return
         else:
             raise SystemExit("--lib zarr has stores memory and local")
         self.check_slice()
@@ -209,6 +218,24 @@ def _pyhamt_lib() -> Any:
     )
 
 
+def repeated(once: Any, results: dict[str, Any], repeat: int) -> None:
+    """Run ``once()``; with ``repeat`` > 1, one untimed warm-up and then ``repeat`` timed
+    runs in this process, reporting the median of each phase (and every sample)."""
+    if repeat <= 1:
+        once()
+        return
+    once()  # warm-up: imports, zarr's codec set-up, first-use caches
+    samples: dict[str, list[float]] = {}
+    for _ in range(repeat):
+        once()
+        for key in ("write_s", "read_s", "flush_s"):
+            if key in results:
+                samples.setdefault(key, []).append(results[key])
+    for key, values in samples.items():
+        results[key] = statistics.median(values)
+    results["samples"] = samples
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--lib", choices=["zarr", "anyhamt", "py-hamt"], required=True)
@@ -223,6 +250,10 @@ def main() -> int:
     parser.add_argument("--rpc")
     parser.add_argument("--gateway")
     parser.add_argument("--tmpdir", default=None)
+    parser.add_argument(
+        "--repeat", type=int, default=1,
+        help="timed runs in this process after a warm-up (1: one cold run, no warm-up)",
+    )  # fmt: skip
     args = parser.parse_args()
     if args.lib != "zarr" and args.layout == "codec":
         parser.error("--layout codec is zarr's own sharding codec: --lib zarr")
@@ -237,6 +268,7 @@ def main() -> int:
         "read_chunks": args.read_chunks,
         "chunks_per_shard": args.chunks_per_shard,
         "seed": args.seed,
+        "repeat": args.repeat,
         "python": platform.python_version(),
         "lib_version": _version(args.lib),
         "zarr_version": _version("zarr"),
@@ -245,19 +277,24 @@ def main() -> int:
     workload = ShardedWorkload(args)
     try:
         if args.lib == "zarr":
-            workload.run_zarr_store()
+            once = workload.run_zarr_store
         elif args.lib == "anyhamt":
             import anyio
             import anyio.to_thread
 
-            anyio.run(
-                workload.run_sharded, _anyhamt_lib(), anyio.to_thread.run_sync,
-                backend=args.backend,
-            )  # fmt: skip
+            lib = _anyhamt_lib()
+
+            def once() -> None:
+                anyio.run(workload.run_sharded, lib, anyio.to_thread.run_sync, backend=args.backend)
         else:
             import asyncio
 
-            asyncio.run(workload.run_sharded(_pyhamt_lib(), asyncio.to_thread))
+            lib = _pyhamt_lib()
+
+            def once() -> None:
+                asyncio.run(workload.run_sharded(lib, asyncio.to_thread))
+
+        repeated(once, workload.results, args.repeat)
     except CheckFailed as exc:
         print(json.dumps({**info, "ok": False, "error": str(exc)}), flush=True)
         return 1
