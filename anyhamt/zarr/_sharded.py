@@ -61,8 +61,8 @@ __all__ = ["SHARDED_ZARR_V1", "SHARDED_ZARR_V2", "ShardedZarrStore"]
 
 SHARDED_ZARR_V1: Final = "sharded_zarr_v1"
 # For new stores only (roots py-hamt wrote are read whatever they say): a guard against
-# typos, as a new shard is a list of this many slots in memory; far above what a store
-# that exchanges blocks moves in one (Kubo: 1 MiB, about 25,000 ids).
+# typos, as a new shard is a list of this many slots in memory; far above what IPFS peers
+# exchange in one block (2 MiB, about 50,000 ids; a local Kubo daemon stores bigger ones).
 MAX_CHUNKS_PER_SHARD: Final = 1 << 20
 SHARDED_ZARR_V2: Final = "sharded_zarr_v2"
 _METADATA_SUFFIXES: Final = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
@@ -132,8 +132,8 @@ def _check_chunks_per_shard(cps: Any) -> None:
     if cps > MAX_CHUNKS_PER_SHARD:
         raise InvalidConfigError(
             f"chunks_per_shard={cps} is more than {MAX_CHUNKS_PER_SHARD}: a shard is one "
-            "block of about 40 bytes per chunk, and IPFS moves blocks of up to 1 MiB "
-            "(about 25,000 chunk ids); py-hamt's default is 6250"
+            "block of about 40 bytes per chunk id, and IPFS peers exchange blocks of at "
+            "most 2 MiB (about 50,000 ids); py-hamt's default is 6250"
         )
 
 

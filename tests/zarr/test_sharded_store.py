@@ -126,7 +126,7 @@ async def test_chunks_per_shard_has_an_upper_bound_for_new_stores(manifest_versi
     if manifest_version == V1:
         geometry.update(array_shape=(4,), chunk_shape=(1,))
     cas = InMemoryCAS()
-    with pytest.raises(InvalidConfigError, match="up to 1 MiB"):
+    with pytest.raises(InvalidConfigError, match="at most 2 MiB"):
         await ShardedZarrStore.open(
             cas=cas, read_only=False, chunks_per_shard=MAX_CHUNKS_PER_SHARD + 1, **geometry
         )
