@@ -53,6 +53,7 @@ from importlib import metadata
 from typing import Any
 
 import numpy as np
+from _common import GatewayAnswerError, fetch_plain
 
 VARIABLE = "temp"
 
@@ -251,7 +252,10 @@ async def gateway_floor(args: argparse.Namespace) -> dict[str, Any]:
     blocks = nodes + values
     results: dict[str, Any] = {"nodes": len(nodes), "values": len(values)}
     start = time.perf_counter()
-    fetched = await _fetch_plain(args.gateway, blocks, args.concurrency)
+    try:
+        fetched = await fetch_plain(args.gateway, blocks, args.concurrency)
+    except* GatewayAnswerError as group:
+        raise CheckFailed(str(group.exceptions[0])) from None
     results["read_s"] = time.perf_counter() - start
     results["fetched_bytes"] = fetched
 
@@ -263,46 +267,6 @@ async def gateway_floor(args: argparse.Namespace) -> dict[str, Any]:
     if fetched != results["fetched_bytes"]:
         raise CheckFailed("httpx and plain GETs fetched different byte counts")
     return results
-
-
-async def _fetch_plain(gateway: str, blocks: list[str], concurrency: int) -> int:
-    """GET every block on ``concurrency`` keep-alive connections; the bytes fetched."""
-    import asyncio
-    from urllib.parse import urlsplit
-
-    url = urlsplit(gateway)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    pending = iter(blocks)
-    total = [0]
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            for cid in pending:
-                writer.write(
-                    f"GET /ipfs/{cid}?format=raw HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                    "Accept: application/vnd.ipld.raw\r\n\r\n".encode()
-                )
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                if lines[0].split(b" ", 2)[1] != b"200":
-                    raise CheckFailed(f"GET {cid}: {lines[0]!r}")
-                lengths = [
-                    int(line.split(b":", 1)[1])
-                    for line in lines[1:]
-                    if line.lower().startswith(b"content-length:")
-                ]
-                if len(lengths) != 1:
-                    raise CheckFailed(f"GET {cid}: no Content-Length (chunked?)")
-                body = await reader.readexactly(lengths[0])
-                total[0] += len(body)  # not `+= len(await ...)`: that reads total first
-        finally:
-            writer.close()
-
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(concurrency):
-            tg.create_task(connection())
-    return total[0]
 
 
 async def _fetch_httpx(client: Any, gateway: str, blocks: list[str], concurrency: int) -> int:

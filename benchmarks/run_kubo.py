@@ -48,6 +48,8 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from _common import GatewayAnswerError, fetch_plain
+
 if TYPE_CHECKING:
     from collections.abc import Awaitable, Callable
 
@@ -189,9 +191,6 @@ async def _pyhamt(
 
 
 async def _floor(gateway: str, root: str, concurrency: int) -> dict[str, Any]:
-    import asyncio
-    from urllib.parse import urlsplit
-
     import dag_cbor
     import httpx
     from multiformats import CID
@@ -215,40 +214,12 @@ async def _floor(gateway: str, root: str, concurrency: int) -> dict[str, Any]:
                             raise SystemExit(f"value {pointer!s} is a UnixFS file: not supported")
                         blocks.append(str(pointer))
 
-    url = urlsplit(gateway)
-    host, port = url.hostname or "127.0.0.1", url.port or 80
-    pending = iter(blocks)
-    total = [0]
-
-    async def connection() -> None:
-        reader, writer = await asyncio.open_connection(host, port)
-        try:
-            for cid in pending:
-                writer.write(
-                    f"GET /ipfs/{cid}?format=raw HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                    "Accept: application/vnd.ipld.raw\r\n\r\n".encode()
-                )
-                head = await reader.readuntil(b"\r\n\r\n")
-                lines = head.split(b"\r\n")
-                if lines[0].split(b" ", 2)[1] != b"200":
-                    raise SystemExit(f"GET {cid}: {lines[0]!r}")
-                lengths = [
-                    int(line.split(b":", 1)[1])
-                    for line in lines[1:]
-                    if line.lower().startswith(b"content-length:")
-                ]
-                if len(lengths) != 1:
-                    raise SystemExit(f"GET {cid}: no Content-Length (chunked?)")
-                body = await reader.readexactly(lengths[0])
-                total[0] += len(body)
-        finally:
-            writer.close()
-
     start = time.perf_counter()
-    async with asyncio.TaskGroup() as tg:
-        for _ in range(concurrency):
-            tg.create_task(connection())
-    return {"fetch_s": time.perf_counter() - start, "blocks": len(blocks), "bytes": total[0]}
+    try:
+        fetched = await fetch_plain(gateway, blocks, concurrency)
+    except* GatewayAnswerError as group:
+        raise SystemExit(str(group.exceptions[0])) from None
+    return {"fetch_s": time.perf_counter() - start, "blocks": len(blocks), "bytes": fetched}
 
 
 def _worker(args: argparse.Namespace) -> None:
