@@ -33,9 +33,7 @@ import json
 import os
 import platform
 import statistics
-import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
@@ -53,36 +51,12 @@ from run_zarr import (  # noqa: E402
     _warm_up,
     ensure_pyhamt_venv,
     log,
+    run_worker,
 )
 
 SHARDED_WORKER = HERE / "_sharded_worker.py"
 ZARR_WORKER = HERE / "_zarr_worker.py"
 PER_SHARD = 64
-
-
-def run_worker(python: str, worker: Path, *args: str, timeout: float) -> dict[str, Any]:
-    env = dict(os.environ)
-    if python == sys.executable:
-        env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
-    else:
-        env.pop("PYTHONPATH", None)  # py-hamt's venv must not see this checkout
-    started = time.perf_counter()
-    try:
-        done = subprocess.run(
-            [python, "-W", "ignore", str(worker), *args],
-            capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout,
-        )  # fmt: skip
-    except subprocess.TimeoutExpired:
-        return {"ok": False, "error": f"timed out after {timeout} s"}
-    lines = [line for line in done.stdout.splitlines() if line.startswith("{")]
-    if not lines:
-        tail = (done.stderr or done.stdout).strip().splitlines()[-20:]
-        return {"ok": False, "error": f"exit {done.returncode}: " + "\n".join(tail)}
-    result: dict[str, Any] = json.loads(lines[-1])
-    result["wall_s"] = time.perf_counter() - started
-    if done.returncode != 0 and result.get("ok"):
-        result.update(ok=False, error=f"exit {done.returncode}")
-    return result
 
 
 class Cell:
@@ -97,7 +71,7 @@ class Cell:
 
     def run(self, *more: str, timeout: float) -> dict[str, Any]:
         log(f"  {self.label} ...")
-        result = run_worker(self.python, self.worker, *self.args, *more, timeout=timeout)
+        result = run_worker(self.python, *self.args, *more, timeout=timeout, worker=self.worker)
         if result.get("ok"):
             log(f"    write {result['write_s']:.2f} s, read {result['read_s']:.2f} s")
         else:

@@ -96,8 +96,11 @@ def ensure_pyhamt_venv() -> str:
 # -- workers -------------------------------------------------------------------------------
 
 
-def run_worker(python: str, *worker_args: str, timeout: float) -> dict[str, Any]:
-    command = [python, "-W", "ignore", str(WORKER), *worker_args]
+def run_worker(
+    python: str, *worker_args: str, timeout: float, worker: Path = WORKER
+) -> dict[str, Any]:
+    """Run ``worker`` (default ``_zarr_worker.py``) under ``python``; its last JSON line."""
+    command = [python, "-W", "ignore", str(worker), *worker_args]
     env = dict(os.environ)
     if python == sys.executable:
         env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH")) if p)
