@@ -87,7 +87,7 @@ class SimpleEncryptedZarrHAMTStore(ZarrHAMTStore):
             return False
         return super().__eq__(other)
 
-    __hash__ = None
+    __hash__ = None  # type: ignore[assignment]  # mutable, as BlockStoreBase
 
     def _encode(self, data: bytes) -> bytes:
         nonce = secrets.token_bytes(_NONCE_BYTES)

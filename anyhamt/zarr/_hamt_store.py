@@ -217,8 +217,6 @@ class ZarrHAMTStore(BlockStoreBase):
             and root == theirs._flushed_root()
         )
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like zarr's own stores
-
     def __str__(self) -> str:
         hamt = self._hamt
         if hamt is None:
@@ -227,9 +225,6 @@ class ZarrHAMTStore(BlockStoreBase):
         if root is None:
             return f"hamt://unflushed-{id(hamt):x}"
         return f"hamt://{root.hex() if type(root) is bytes else root}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}('{self}', read_only={self.read_only})"
 
     def __dask_tokenize__(self) -> Hashable:
         """A token that names the content, so dask never pickles the data to make one.

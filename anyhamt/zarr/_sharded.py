@@ -1059,8 +1059,6 @@ class ShardedZarrStore(BlockStoreBase):
         root = mine.clean_root()
         return root is not None and root == theirs.clean_root()
 
-    __hash__ = None  # type: ignore[assignment]  # mutable, like zarr's own stores
-
     def __str__(self) -> str:
         core = self._core
         if core is None:
@@ -1069,9 +1067,6 @@ class ShardedZarrStore(BlockStoreBase):
         if root is None:
             return f"sharded://unflushed-{core.token[:12]}"
         return f"sharded://{root.hex() if type(root) is bytes else root}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}('{self}', read_only={self.read_only})"
 
     def __reduce__(self) -> tuple[Callable[..., Any], tuple[Any, ...]]:
         core = self._core

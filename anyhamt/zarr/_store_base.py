@@ -73,9 +73,16 @@ def buffer_bytes(value: Buffer) -> bytes:
 
 
 class BlockStoreBase(Store):
-    """Flags and partial-write refusal shared by anyhamt's zarr stores."""
+    """Flags, partial-write refusal, ``repr`` and unhashability shared by anyhamt's zarr
+    stores (each gives its own ``__str__`` and ``__eq__``)."""
 
     __slots__ = ()
+
+    # Mutable, like zarr's own stores; each subclass compares by flushed root in __eq__.
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}('{self}', read_only={self.read_only})"
 
     @property
     def supports_writes(self) -> bool:
