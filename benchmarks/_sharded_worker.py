@@ -30,10 +30,8 @@ import argparse
 import json
 import os
 import platform
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -91,39 +89,9 @@ class ShardedWorkload(Workload):
             raise CheckFailed(f"mean read back {mean!r}, expected {self.expected_mean!r}")
         self.ds_read = ds
 
-    # -- zarr's own stores: ShardingCodec, or the floor for a layout -------------------------
-
-    def run_zarr_store(self) -> None:
-        """``--layout codec``: zarr's ShardingCodec; ``v1``/``v2``: no sharding, the same
-        xarray calls as that layout's sharded cells (v2: group ``0``), the floor."""
-        import zarr.storage
-
-        if self.args.store == "memory":
-            store: Any = zarr.storage.MemoryStore()
-            start = time.perf_counter()
-            self.write(store)
-            self.timed("write", start)
-            start = time.perf_counter()
-            self.read(zarr.storage.MemoryStore(store._store_dict, read_only=True))
-            self.timed("read", start)
-        elif self.args.store == "local":
-            # A new directory each run (--repeat), removed after it: a write never
-            # deletes an earlier one, and the size is this run's.
-            run_dir = tempfile.mkdtemp(dir=self.tmpdir)
-            path = os.path.join(run_dir, "data.zarr")
-            start = time.perf_counter()
-            self.write(zarr.storage.LocalStore(path))
-            self.timed("write", start)
-            self.results["stored_bytes"] = self.du()
-            start = time.perf_counter()
-            self.read(zarr.storage.LocalStore(path, read_only=True))
-            self.timed("read", start)
-            self.check_slice()
-            shutil.rmtree(run_dir)
-            return
-        else:
-            raise SystemExit("--lib zarr has stores memory and local")
-        self.check_slice()
+    # zarr's own stores (--lib zarr): Workload.run_zarr, with this class's write() and
+    # read(): --layout codec is zarr's ShardingCodec; v1/v2 no sharding, the same xarray
+    # calls as that layout's sharded cells (v2: group 0), the floor.
 
     # -- the sharded stores: the same code for anyhamt and py-hamt ---------------------------
 
@@ -277,7 +245,7 @@ def main() -> int:
     workload = ShardedWorkload(args)
     try:
         if args.lib == "zarr":
-            once = workload.run_zarr_store
+            once = workload.run_zarr
         elif args.lib == "anyhamt":
             import anyio
             import anyio.to_thread

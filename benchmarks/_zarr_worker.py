@@ -144,8 +144,10 @@ class Workload:
     # -- zarr's own stores: the floor --------------------------------------------------------
 
     def run_zarr(self) -> None:
+        """zarr's own store (the floor): write, then read back from a read-only one."""
         import zarr.storage
 
+        run_dir = None
         if self.args.store == "memory":
             store: Any = zarr.storage.MemoryStore()
             start = time.perf_counter()
@@ -156,7 +158,11 @@ class Workload:
             self.read(zarr.storage.MemoryStore(store._store_dict, read_only=True))
             self.timed("read", start)
         elif self.args.store == "local":
-            path = os.path.join(self.tmpdir, "data.zarr")
+            # A directory of its own per call (_sharded_worker's --repeat calls again),
+            # removed once checked: a write never deletes an earlier one, and the size is
+            # this run's.
+            run_dir = tempfile.mkdtemp(dir=self.tmpdir)
+            path = os.path.join(run_dir, "data.zarr")
             start = time.perf_counter()
             self.write(zarr.storage.LocalStore(path))
             self.timed("write", start)
@@ -167,6 +173,8 @@ class Workload:
         else:
             raise SystemExit("--lib zarr has stores memory and local")
         self.check_slice()
+        if run_dir is not None:
+            shutil.rmtree(run_dir)
 
     # -- the HAMT libraries: the same code for anyhamt and py-hamt ---------------------------
 
