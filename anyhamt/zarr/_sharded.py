@@ -60,11 +60,11 @@ if TYPE_CHECKING:
 __all__ = ["SHARDED_ZARR_V1", "SHARDED_ZARR_V2", "ShardedZarrStore"]
 
 SHARDED_ZARR_V1: Final = "sharded_zarr_v1"
+SHARDED_ZARR_V2: Final = "sharded_zarr_v2"
 # For new stores only (roots py-hamt wrote are read whatever they say): a guard against
 # typos, as a new shard is a list of this many slots in memory; far above what IPFS peers
 # exchange in one block (2 MiB, about 50,000 ids; a local Kubo daemon stores bigger ones).
 MAX_CHUNKS_PER_SHARD: Final = 1 << 20
-SHARDED_ZARR_V2: Final = "sharded_zarr_v2"
 _METADATA_SUFFIXES: Final = ("zarr.json", ".zarray", ".zattrs", ".zgroup")
 # v1 shards only the "primary" array; py-hamt never picks one of these names for it.
 _V1_COORDINATE_NAMES: Final = frozenset(
@@ -126,10 +126,16 @@ def _public_root(ptr: Pointer) -> Any:
     return str(ptr) if type(ptr) is Link else to_public(ptr)
 
 
-def _check_chunks_per_shard(cps: Any) -> None:
+def _positive_cps(cps: Any) -> int:
+    """``cps`` if it is a positive int, as any shard index needs (roots read included)."""
     if not isinstance(cps, int) or isinstance(cps, bool) or cps <= 0:
         raise InvalidConfigError(f"chunks_per_shard must be a positive int, got {cps!r}")
-    if cps > MAX_CHUNKS_PER_SHARD:
+    return cps
+
+
+def _check_new_chunks_per_shard(cps: Any) -> None:
+    """What ``open`` accepts for a new store: positive, and at most the bound."""
+    if _positive_cps(cps) > MAX_CHUNKS_PER_SHARD:
         raise InvalidConfigError(
             f"chunks_per_shard={cps} is more than {MAX_CHUNKS_PER_SHARD}: a shard is one "
             "block of about 40 bytes per chunk id, and IPFS peers exchange blocks of at "
@@ -170,8 +176,7 @@ class _Array:
         order: Any = "C",
         key: str | None = None,
     ) -> None:
-        if not isinstance(cps, int) or isinstance(cps, bool) or cps <= 0:
-            raise InvalidConfigError(f"chunks_per_shard must be a positive int, got {cps!r}")
+        count = _positive_cps(cps)
         if order != "C":
             raise InvalidConfigError(f"only C-order shard indexes exist, got order={order!r}")
         shape, chunk_shape = tuple(int(n) for n in shape), tuple(int(n) for n in chunk_shape)
@@ -187,7 +192,7 @@ class _Array:
             )
         self.path = path
         self.key = path if key is None else key  # cache and lock key part
-        self.cps = cps
+        self.cps = count
         self.order = order
         self.chunk_shape = chunk_shape
         self.epoch = 0
@@ -1613,7 +1618,7 @@ def _new_store_config(
             )
     shape = None if array_shape is None else tuple(int(n) for n in array_shape)
     chunks = None if chunk_shape is None else tuple(int(n) for n in chunk_shape)
-    _check_chunks_per_shard(chunks_per_shard)
+    _check_new_chunks_per_shard(chunks_per_shard)
     if shape is not None and chunks is not None:
         _Array("", shape, chunks, chunks_per_shard)  # validates, raising InvalidConfigError
     return {
